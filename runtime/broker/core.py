@@ -1,0 +1,465 @@
+"""The embedded broker: a Kafka-faithful log in one SQLite file, shared by processes.
+
+Every public method is one SQLite transaction (writes take `BEGIN IMMEDIATE`, so concurrent
+writers queue instead of failing), so a process killed at any point leaves the file as it was
+before or after the call, never in between. The class is synchronous; `runtime.transport`
+runs it off the event loop.
+
+    broker = Broker("app.db")
+    broker.create_topic("words", partitions=4)
+    pid, epoch = broker.init_producer_id()
+    broker.produce(pid, epoch, [ProduceBatch("words", 0, 0, [b"k"], [b"v"], [now_ms])])
+    broker.fetch([(TopicPartition("words", 0), 0)], isolation="read_committed")
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple, TypeVar
+
+from runtime.broker.groups import GroupDescription, Groups, MemberState
+from runtime.broker.log import Log, Topic
+from runtime.broker.schema import DATA, TXN, open_database
+from runtime.broker.transactions import NO_PRODUCER, Transactions
+from runtime.errors import (
+    DatabaseError,
+    DatabaseLockedError,
+    InvalidRequestError,
+    InvalidTxnStateError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    StreamsError,
+    UnknownTopicError,
+)
+from runtime.types import (
+    GroupMetadata,
+    Headers,
+    PartitionInfo,
+    Record,
+    TopicDescription,
+    TopicPartition,
+)
+
+READ_COMMITTED = "read_committed"
+READ_UNCOMMITTED = "read_uncommitted"
+ISOLATION_LEVELS = (READ_COMMITTED, READ_UNCOMMITTED)
+EARLIEST = "earliest"
+LATEST = "latest"
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+DEFAULT_DELETE_RETENTION_MS = 86_400_000
+EXPIRY_CHECK_INTERVAL_MS = 100
+
+T = TypeVar("T")
+
+
+class ProduceBatch(NamedTuple):
+    """Records for one partition, in one request. `base_seq` is the producer's sequence
+    number of the first record (ignored for pid -1)."""
+
+    topic: str
+    partition: int
+    base_seq: int
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes | None]
+    timestamps: Sequence[int]
+    headers: Sequence[Headers | None] | None = None
+
+
+class FetchResult(NamedTuple):
+    records: list[Record]
+    next_offset: int  # where the next fetch of this partition starts
+    high_watermark: int
+    last_stable: int
+    log_start: int
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Broker:
+    """One connection to a broker database (a file path, or ":memory:")."""
+
+    def __init__(
+        self,
+        path: str = ":memory:",
+        *,
+        synchronous: str = "normal",
+        busy_timeout_ms: int = 60_000,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.path = path
+        self.conn = open_database(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        self.clock = clock
+        self.max_record_bytes = max_record_bytes
+        self.log = Log(self.conn)
+        self.groups = Groups(self.conn)
+        self.txns = Transactions(self.conn, self.log, self.groups)
+        self._next_expiry_check = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- transactions of the database ---------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, mode: str) -> Iterator[None]:
+        try:
+            self.conn.execute(mode)
+        except sqlite3.OperationalError as exc:
+            raise _storage_error(exc, self.path) from exc
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise _storage_error(exc, self.path) from exc
+
+    def _run(self, mode: str, operation: Callable[[], T]) -> T:
+        """Run `operation` in one transaction; retry once if a cached topic was deleted or
+        re-created by another connection."""
+        for attempt in (0, 1):
+            try:
+                with self._transaction(mode):
+                    return operation()
+            except UnknownTopicError:
+                if attempt:
+                    raise
+                self.log.forget()
+            except sqlite3.Error as exc:
+                raise _storage_error(exc, self.path) from exc
+        raise AssertionError("unreachable")
+
+    def _write(self, operation: Callable[[int], T]) -> T:
+        def run() -> T:
+            now = self.clock()
+            self.txns.expire(now)
+            return operation(now)
+
+        return self._run("BEGIN IMMEDIATE", run)
+
+    def _read(self, operation: Callable[[], T]) -> T:
+        return self._run("BEGIN", operation)
+
+    def data_version(self) -> int:
+        """Changes when another connection commits to the database (for long polling)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # --- topics -------------------------------------------------------------------------
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        compacted: bool = False,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+        delete_retention_ms: int = DEFAULT_DELETE_RETENTION_MS,
+    ) -> TopicDescription:
+        topic = self._write(
+            lambda now: self.log.create_topic(
+                name, partitions, compacted, retention_ms, retention_bytes,
+                delete_retention_ms, now,
+            )
+        )
+        return _describe(topic)
+
+    def delete_topic(self, name: str) -> None:
+        self._write(lambda now: self.log.delete_topic(name))
+
+    def list_topics(self) -> list[TopicDescription]:
+        return self._read(self.log.topics)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        return _describe(self._read(lambda: self.log.topic(name)))
+
+    def partition_info(self, topic: str, partition: int) -> PartitionInfo:
+        def run() -> PartitionInfo:
+            tp_id = self.log.tp_id(topic, partition)
+            log_start, hw, size = self.log.offsets(tp_id)
+            batches = self.conn.execute(
+                "SELECT count(*) FROM batches WHERE tp = ?", (tp_id,)
+            ).fetchone()[0]
+            return PartitionInfo(
+                topic, partition, log_start, hw, self.log.last_stable(tp_id, hw), batches, size
+            )
+
+        return self._read(run)
+
+    # --- producing ----------------------------------------------------------------------
+
+    def init_producer_id(
+        self, transactional_id: str | None = None, transaction_timeout_ms: int = 60_000
+    ) -> tuple[int, int]:
+        """(pid, epoch) for a new idempotent producer, or for a transactional id its pid at
+        a new epoch: the previous instance is fenced and its open transaction aborted."""
+        return self._write(
+            lambda now: self.txns.init(transactional_id, transaction_timeout_ms, now)
+        )
+
+    def produce(
+        self,
+        pid: int,
+        epoch: int,
+        batches: Sequence[ProduceBatch],
+        *,
+        transactional: bool = False,
+    ) -> list[int]:
+        """Append batches atomically (all or none); returns each batch's base offset. A batch
+        that repeats one already written (same pid, epoch and sequences) is not written again:
+        its original base offset is returned."""
+
+        def run(now: int) -> list[int]:
+            offsets = []
+            for batch in batches:
+                count = self._validate(batch)
+                tp_id = self.log.tp_id(batch.topic, batch.partition)
+                if self.log.topic(batch.topic).compacted and None in batch.keys:
+                    raise InvalidRequestError(
+                        f"topic {batch.topic!r} is compacted: every record needs a key"
+                    )
+                duplicate = self.txns.check_append(
+                    pid, epoch, tp_id, batch.base_seq, count, transactional
+                )
+                if duplicate is not None:
+                    offsets.append(duplicate)
+                    continue
+                base = self.log.append(
+                    tp_id, batch.keys, batch.values, batch.timestamps, batch.headers, pid, epoch,
+                    batch.base_seq, TXN if transactional else DATA, now,
+                )
+                self.txns.record_append(
+                    pid, epoch, tp_id, batch.base_seq, count, base, transactional, now
+                )
+                offsets.append(base)
+            return offsets
+
+        return self._write(run)
+
+    def _validate(self, batch: ProduceBatch) -> int:
+        if not isinstance(batch, ProduceBatch):
+            raise InvalidRequestError(f"expected a ProduceBatch, not {type(batch).__name__}")
+        count = len(batch.values)
+        if count == 0:
+            raise InvalidRequestError("a batch needs at least one record")
+        if len(batch.keys) != count or len(batch.timestamps) != count or (
+            batch.headers is not None and len(batch.headers) != count
+        ):
+            raise InvalidRequestError("keys, values, timestamps and headers differ in length")
+        if type(batch.base_seq) is not int:
+            raise InvalidRequestError("base_seq must be an integer")
+        for column in (batch.values, batch.keys):
+            for item in column:
+                if item is not None and type(item) is not bytes:
+                    raise InvalidRequestError(
+                        f"keys and values must be bytes or None, not {type(item).__name__}"
+                    )
+                if item is not None and len(item) > self.max_record_bytes:
+                    raise RecordTooLargeError(
+                        f"a record of {len(item)} bytes exceeds the limit of "
+                        f"{self.max_record_bytes} bytes"
+                    )
+        return count
+
+    # --- transactions -------------------------------------------------------------------
+
+    def end_transaction(self, pid: int, epoch: int, commit: bool) -> int:
+        """Write COMMIT or ABORT markers to every partition the transaction touched and
+        publish (or drop) its offsets. Returns the producer's new epoch."""
+        return self._write(lambda now: self.txns.end(pid, epoch, commit, now))
+
+    def send_offsets_to_transaction(
+        self, pid: int, epoch: int, offsets: Mapping[TopicPartition, int], group: GroupMetadata
+    ) -> None:
+        if not isinstance(group, GroupMetadata) or not group.member_id:
+            raise InvalidTxnStateError(
+                "send_offsets_to_transaction needs the consumer's group metadata (member id and "
+                "generation), so that a zombie member cannot commit"
+            )
+        self._check_offsets(offsets)
+        self._write(lambda now: self.txns.add_offsets(pid, epoch, group, dict(offsets), now))
+
+    def expire_transactions(self) -> list[int]:
+        """Abort transactions past their timeout now; returns the fenced producer ids."""
+        return self._run("BEGIN IMMEDIATE", lambda: self.txns.expire(self.clock()))
+
+    def _expire_if_due(self) -> None:
+        now = self.clock()
+        if now < self._next_expiry_check:
+            return
+        self._next_expiry_check = now + EXPIRY_CHECK_INTERVAL_MS
+        if self._read(lambda: self.txns.has_expired(now)):
+            self._write(lambda now: None)
+
+    # --- fetching -----------------------------------------------------------------------
+
+    def fetch(
+        self,
+        requests: Iterable[tuple[TopicPartition, int]],
+        *,
+        max_records: int = 1000,
+        isolation: str = READ_UNCOMMITTED,
+    ) -> dict[TopicPartition, FetchResult]:
+        """Records from each (partition, offset), at most `max_records` in all, in request
+        order. read_committed stops at the last stable offset and skips aborted records."""
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidRequestError(f"isolation must be one of {ISOLATION_LEVELS}")
+        if type(max_records) is not int or max_records < 1:
+            raise InvalidRequestError("max_records must be a positive integer")
+        committed = isolation == READ_COMMITTED
+        requests = list(requests)
+        if committed:
+            self._expire_if_due()
+
+        def run() -> dict[TopicPartition, FetchResult]:
+            results = {}
+            budget = max_records
+            for tp, offset in requests:
+                tp_id = self.log.tp_id(tp.topic, tp.partition)
+                log_start, hw, _ = self.log.offsets(tp_id)
+                try:
+                    self.log.check_offset(tp, offset, log_start, hw)
+                except OffsetOutOfRangeError as exc:
+                    exc.args = (*exc.args, TopicPartition(*tp))
+                    raise
+                lso = self.log.last_stable(tp_id, hw)
+                end = lso if committed else hw
+                records: list[Record] = []
+                position = offset
+                if budget > 0 and offset < end:
+                    records, position = self.log.read(tp, tp_id, offset, end, budget, committed)
+                    budget -= len(records)
+                results[TopicPartition(*tp)] = FetchResult(records, position, hw, lso, log_start)
+            return results
+
+        return self._read(run)
+
+    def list_offset(
+        self, tp: TopicPartition, spec: str | int, isolation: str = READ_UNCOMMITTED
+    ) -> int:
+        """"earliest", "latest" (the LSO under read_committed) or the first offset whose
+        timestamp is at or after `spec` (ms); the end offset when none is."""
+
+        def run() -> int:
+            tp_id = self.log.tp_id(tp.topic, tp.partition)
+            log_start, hw, _ = self.log.offsets(tp_id)
+            end = self.log.last_stable(tp_id, hw) if isolation == READ_COMMITTED else hw
+            if spec == EARLIEST:
+                return log_start
+            if spec == LATEST:
+                return end
+            if type(spec) is not int:
+                raise InvalidRequestError(
+                    f"offset spec must be 'earliest', 'latest' or a timestamp, not {spec!r}"
+                )
+            found = self.log.offset_for_time(tp_id, spec)
+            return end if found is None else min(found, end)
+
+        return self._read(run)
+
+    # --- consumer groups ----------------------------------------------------------------
+
+    def join_group(
+        self,
+        group_id: str,
+        topics: Iterable[str],
+        *,
+        client_id: str = "streams",
+        session_timeout_ms: int = 10_000,
+        rebalance_timeout_ms: int = 60_000,
+    ) -> tuple[str, int]:
+        topics = list(topics)
+        return self._write(
+            lambda now: self.groups.join(
+                group_id, topics, client_id, session_timeout_ms, rebalance_timeout_ms, now
+            )
+        )
+
+    def heartbeat(
+        self, group_id: str, member_id: str, released: Iterable[TopicPartition] = ()
+    ) -> MemberState:
+        released = list(released)
+        return self._write(lambda now: self.groups.heartbeat(group_id, member_id, released, now))
+
+    def leave_group(self, group_id: str, member_id: str) -> None:
+        self._write(lambda now: self.groups.leave(group_id, member_id, now))
+
+    def commit_offsets(self, group: GroupMetadata, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit consumed offsets outside a transaction, fenced like a transactional one."""
+        self._check_offsets(offsets)
+        self._write(lambda now: self.groups.commit(group, dict(offsets), now))
+
+    def committed_offsets(
+        self, group_id: str, tps: Iterable[TopicPartition], *, require_stable: bool = True
+    ) -> dict[TopicPartition, int]:
+        """The group's committed offsets; with `require_stable`, UnstableOffsetCommitError
+        while an open transaction holds offsets for one of the partitions."""
+        tps = list(tps)
+        self._expire_if_due()
+        return self._read(lambda: self.groups.committed(group_id, tps, require_stable))
+
+    def describe_group(self, group_id: str) -> GroupDescription:
+        return self._write(lambda now: self.groups.describe(group_id, now))
+
+    def list_groups(self) -> list[str]:
+        return self._read(self.groups.list)
+
+    def _check_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not isinstance(offsets, Mapping):
+            raise InvalidRequestError("offsets must map TopicPartition to the next offset")
+        for tp, offset in offsets.items():
+            if not isinstance(tp, tuple) or len(tp) != 2 or type(offset) is not int or offset < 0:
+                raise InvalidRequestError(f"bad offset entry {tp!r}: {offset!r}")
+
+    # --- maintenance --------------------------------------------------------------------
+
+    def maintain(self, *, force_compaction: bool = False) -> dict[str, int]:
+        """Abort expired transactions, apply retention and compact compacted topics."""
+
+        def run(now: int) -> dict[str, int]:
+            deleted = compacted = 0
+            for description in self.log.topics():
+                topic = self.log.topic(description.name)
+                if topic.retention_ms is not None or topic.retention_bytes is not None:
+                    deleted += self.log.enforce_retention(topic, now)
+                if topic.compacted:
+                    compacted += self.log.compact(topic, now, force=force_compaction)
+            return {"batches_deleted": deleted, "records_compacted": compacted}
+
+        return self._write(run)
+
+
+def _describe(topic: Topic) -> TopicDescription:
+    return TopicDescription(
+        topic.name, topic.partitions, topic.compacted, topic.retention_ms, topic.retention_bytes
+    )
+
+
+def _storage_error(exc: sqlite3.Error, path: str) -> StreamsError:
+    message = str(exc)
+    if "locked" in message or "busy" in message:
+        return DatabaseLockedError(f"broker database {path!r} stayed locked: {message}")
+    return DatabaseError(f"broker database {path!r}: {message}")
+
+
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "NO_PRODUCER",
+    "READ_COMMITTED",
+    "READ_UNCOMMITTED",
+    "Broker",
+    "FetchResult",
+    "ProduceBatch",
+]

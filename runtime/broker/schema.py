@@ -1,0 +1,256 @@
+"""The broker's SQLite file: its tables, and opening it safely.
+
+A file is ours when its `application_id` is APPLICATION_ID; its `user_version` is the schema
+version. Anything else (a text file, another program's database, another schema version) is
+refused before a single byte of it is written.
+
+    conn = open_database("app.db", synchronous="normal")
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from runtime.errors import (
+    DatabaseError,
+    DatabaseLockedError,
+    ForeignDatabaseError,
+    NotADatabaseError,
+    SchemaVersionError,
+)
+
+APPLICATION_ID = 0x5354524D  # "STRM"
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SYNCHRONOUS = ("off", "normal", "full", "extra")
+
+# Record batch kinds (the `kind` column of `batches`).
+DATA = 0  # plain (idempotent or not) records
+TXN = 1  # records of a transaction that is open or committed
+ABORTED = 2  # records of an aborted transaction: hidden from read_committed readers
+COMMIT_MARKER = 3  # control batches: one record each, never delivered to consumers
+ABORT_MARKER = 4
+
+TXN_EMPTY = 0
+TXN_ONGOING = 1
+
+DDL = """
+CREATE TABLE topics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    partitions INTEGER NOT NULL,
+    compacted INTEGER NOT NULL,
+    retention_ms INTEGER,
+    retention_bytes INTEGER,
+    delete_retention_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+-- one row per topic partition; `id` is the short key the log uses
+CREATE TABLE partitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    log_start INTEGER NOT NULL DEFAULT 0,
+    next_offset INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (topic_id, partition)
+);
+-- the log: one row per record batch; record i has offset base_offset + i (or + its delta
+-- in a compacted batch)
+CREATE TABLE batches (
+    tp INTEGER NOT NULL,
+    base_offset INTEGER NOT NULL,
+    last_offset INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    base_seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL,
+    append_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (tp, base_offset)
+);
+CREATE TABLE producers (
+    pid INTEGER PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    transactional_id TEXT UNIQUE,
+    txn_timeout_ms INTEGER NOT NULL,
+    txn_state INTEGER NOT NULL DEFAULT 0,
+    txn_deadline_ms INTEGER,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX producers_open ON producers (txn_deadline_ms) WHERE txn_state = 1;
+-- the last batches (at most 5) each producer wrote to each partition, for deduplication
+CREATE TABLE sequences (
+    pid INTEGER NOT NULL,
+    tp INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    recent BLOB NOT NULL,
+    PRIMARY KEY (pid, tp)
+) WITHOUT ROWID;
+-- partitions an open transaction has written to, and its first offset there (pins the LSO)
+CREATE TABLE txn_partitions (
+    pid INTEGER NOT NULL,
+    tp INTEGER NOT NULL,
+    first_offset INTEGER NOT NULL,
+    PRIMARY KEY (pid, tp)
+) WITHOUT ROWID;
+CREATE INDEX txn_partitions_tp ON txn_partitions (tp, first_offset);
+-- offsets sent to an open transaction: they become committed offsets only at COMMIT
+CREATE TABLE txn_offsets (
+    pid INTEGER NOT NULL,
+    group_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    metadata TEXT,
+    PRIMARY KEY (pid, group_id, topic, partition)
+) WITHOUT ROWID;
+CREATE INDEX txn_offsets_group ON txn_offsets (group_id, topic, partition);
+CREATE TABLE groups (
+    group_id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+-- `assignment` is what the member owns now (disjoint across members), `target` what the
+-- assignor wants it to own; a partition moves only after its owner released it
+CREATE TABLE members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    topics BLOB NOT NULL,
+    session_timeout_ms INTEGER NOT NULL,
+    rebalance_timeout_ms INTEGER NOT NULL,
+    joined_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    assignment BLOB NOT NULL,
+    target BLOB NOT NULL,
+    revoke_since_ms INTEGER,
+    PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+CREATE TABLE offsets (
+    group_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    metadata TEXT,
+    commit_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a DDL script, comments removed."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _check_header(path: str) -> bool:
+    """True when `path` holds an SQLite database, False when it is absent or empty."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError as exc:
+        raise NotADatabaseError(f"broker path {path!r} is a directory, not a database") from exc
+    except OSError as exc:
+        raise DatabaseError(f"cannot read broker database {path!r}: {exc}") from exc
+    if not head:
+        return False
+    if head != SQLITE_MAGIC:
+        raise NotADatabaseError(
+            f"{path!r} is not an SQLite database; give the broker a new path or a file it created"
+        )
+    return True
+
+
+def _identify(conn: sqlite3.Connection, path: str) -> bool:
+    """True when the database is ours and current; False when it is a blank database."""
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise NotADatabaseError(f"{path!r} is not a readable SQLite database: {exc}") from exc
+    if app_id == 0 and tables == 0:
+        return False
+    if app_id != APPLICATION_ID:
+        raise ForeignDatabaseError(
+            f"{path!r} is an SQLite database of another program (application_id {app_id:#x}); "
+            "streams will not modify it: give the broker a path of its own"
+        )
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path!r} was written by streams broker schema version {version}; this version "
+            f"reads schema {SCHEMA_VERSION}. Use the matching streams release, or a new path"
+        )
+    return True
+
+
+def _configure(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
+    conn.execute("PRAGMA temp_store = MEMORY")
+
+
+def open_database(
+    path: str, *, synchronous: str = "normal", busy_timeout_ms: int = 60_000
+) -> sqlite3.Connection:
+    """Open (creating if needed) the broker database at `path`, or ":memory:".
+
+    The connection is in autocommit mode: every broker operation opens its own transaction.
+    """
+    synchronous = synchronous.lower()
+    if synchronous not in SYNCHRONOUS:
+        raise DatabaseError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
+    in_memory = path == ":memory:"
+    if not in_memory:
+        exists = _check_header(path)
+        if exists:
+            # Identify through a read-only connection first: a foreign file is never written.
+            probe = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+            try:
+                probe.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                _identify(probe, path)
+            finally:
+                probe.close()
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open broker database {path!r}: {exc}") from exc
+    try:
+        _configure(conn, synchronous, busy_timeout_ms)
+        if not in_memory:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not _identify(conn, path):
+                for statement in _statements(DDL):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise DatabaseLockedError(
+                f"broker database {path!r} is locked by another program: {exc}"
+            ) from exc
+        raise DatabaseError(f"cannot open broker database {path!r}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,165 @@
+"""The one exception hierarchy of `runtime` (and so of `streams`).
+
+Every error a broker, transport or worker raises is a `StreamsError`. Kafka's error code, where
+one exists, is on the class, so both back ends map to the same types:
+
+    try:
+        await producer.commit_transaction()
+    except ProducerFencedError:
+        ...  # another instance with our transactional id took over: stop
+
+`retriable` says whether the same call may succeed if made again later.
+"""
+
+from __future__ import annotations
+
+
+class StreamsError(Exception):
+    """Base of every error raised by streams."""
+
+    retriable: bool = False
+    kafka_code: int | None = None
+
+
+# --- configuration and storage --------------------------------------------------------------
+
+
+class ConfigurationError(StreamsError):
+    """A setting, URL or argument is invalid."""
+
+
+class BrokerUnavailableError(StreamsError):
+    """The broker cannot be reached or opened."""
+
+
+class DatabaseError(StreamsError):
+    """The broker's database file cannot be used."""
+
+
+class NotADatabaseError(DatabaseError):
+    """The broker path names a file that is not an SQLite database."""
+
+
+class ForeignDatabaseError(DatabaseError):
+    """The broker path names an SQLite database written by another program."""
+
+
+class SchemaVersionError(DatabaseError):
+    """The database was written by a different version of the streams broker."""
+
+
+class DatabaseLockedError(DatabaseError):
+    """The database stayed locked by another connection for longer than the busy timeout."""
+
+    retriable = True
+
+
+# --- bad requests ---------------------------------------------------------------------------
+
+
+class InvalidRequestError(StreamsError, ValueError):
+    """A request with wrong types or values; nothing was changed."""
+
+
+class UnknownTopicError(StreamsError, LookupError):
+    kafka_code = 3
+
+
+class TopicExistsError(StreamsError):
+    kafka_code = 36
+
+
+class InvalidTopicError(InvalidRequestError):
+    kafka_code = 17
+
+
+class InvalidPartitionsError(InvalidRequestError):
+    kafka_code = 37
+
+
+class PartitionOutOfRangeError(UnknownTopicError):
+    """The partition number is not in [0, partitions)."""
+
+    kafka_code = 3
+
+
+class OffsetOutOfRangeError(StreamsError):
+    kafka_code = 1
+
+
+class RecordTooLargeError(InvalidRequestError):
+    kafka_code = 10
+
+
+# --- producers and transactions -------------------------------------------------------------
+
+
+class ProducerError(StreamsError):
+    """Base of errors about idempotent and transactional producers."""
+
+
+class OutOfOrderSequenceError(ProducerError):
+    """A batch's sequence number does not follow the last one written for that partition."""
+
+    kafka_code = 45
+
+
+class ProducerFencedError(ProducerError):
+    """A newer producer with the same transactional id exists, or our epoch was bumped by a
+    transaction timeout. This producer can no longer write; create a new one."""
+
+    kafka_code = 90
+
+
+class InvalidProducerEpochError(ProducerFencedError):
+    kafka_code = 47
+
+
+class UnknownProducerIdError(ProducerError):
+    kafka_code = 59
+
+
+class InvalidTxnStateError(ProducerError):
+    """The call does not fit the transaction's state (e.g. commit with no transaction)."""
+
+    kafka_code = 48
+
+
+class InvalidTransactionTimeoutError(InvalidRequestError):
+    kafka_code = 50
+
+
+class TransactionAbortedError(ProducerError):
+    """The transaction was aborted (by its timeout or by a newer producer) before it could
+    commit; nothing it wrote is visible to read_committed readers."""
+
+
+# --- consumer groups ------------------------------------------------------------------------
+
+
+class GroupError(StreamsError):
+    """Base of consumer group errors."""
+
+
+class UnknownMemberIdError(GroupError):
+    """The member is not (or no longer) in the group, e.g. after its session timed out."""
+
+    kafka_code = 25
+
+
+class IllegalGenerationError(GroupError):
+    """The request carries a stale generation or a partition the member no longer owns."""
+
+    kafka_code = 22
+
+
+class RebalanceInProgressError(GroupError):
+    retriable = True
+    kafka_code = 27
+
+
+class UnstableOffsetCommitError(GroupError):
+    """A transaction holds pending offsets for the partition; ask again when it ends."""
+
+    retriable = True
+    kafka_code = 88
