@@ -1,7 +1,7 @@
 """Value types shared by every layer: the broker, both transports and the worker.
 
-    tp = TopicPartition("words", 3)
-    record.key, record.value, record.offset  # bytes | None, bytes | None, int
+tp = TopicPartition("words", 3)
+record.key, record.value, record.offset  # bytes | None, bytes | None, int
 """
 
 from __future__ import annotations

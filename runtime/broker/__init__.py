@@ -1,7 +1,7 @@
 """The embedded broker: a Kafka-faithful partitioned log in one SQLite file.
 
-    from runtime.broker import Broker, ProduceBatch
-    broker = Broker("app.db")            # or Broker() for an in-memory database
+from runtime.broker import Broker, ProduceBatch
+broker = Broker("app.db")            # or Broker() for an in-memory database
 """
 
 from runtime.broker.core import (

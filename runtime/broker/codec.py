@@ -28,6 +28,11 @@ import orjson
 from runtime.errors import DatabaseError
 from runtime.types import Headers
 
+# (keys, values, timestamps, headers or None, offset deltas or None)
+DecodedBatch = tuple[
+    list[bytes | None], list[bytes | None], list[int], list[Headers | None] | None, list[int] | None
+]
+
 FLAG_OFFSETS = 0x01
 FLAG_HEADERS = 0x02
 _HEADER = struct.Struct("<BiII")
@@ -102,11 +107,7 @@ def encode_batch(
     return b"".join(parts)
 
 
-def decode_batch(
-    blob: bytes,
-) -> tuple[
-    list[bytes | None], list[bytes | None], list[int], list[Headers | None] | None, list[int] | None
-]:
+def decode_batch(blob: bytes) -> DecodedBatch:
     """Unpack a blob into (keys, values, timestamps, headers or None, offset deltas or None)."""
     try:
         flags, count, key_bytes, value_bytes = _HEADER.unpack_from(blob)
@@ -124,9 +125,7 @@ def decode_batch(
             pos += 4
             raw = orjson.loads(blob[pos : pos + size])
             pos += size
-            headers = [
-                None if h is None else [(k, v.encode("latin-1")) for k, v in h] for h in raw
-            ]
+            headers = [None if h is None else [(k, v.encode("latin-1")) for k, v in h] for h in raw]
         keys = _split(blob[pos : pos + key_bytes], key_lengths)
         pos += key_bytes
         values = _split(blob[pos : pos + value_bytes], value_lengths)

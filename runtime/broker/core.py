@@ -169,8 +169,13 @@ class Broker:
     ) -> TopicDescription:
         topic = self._write(
             lambda now: self.log.create_topic(
-                name, partitions, compacted, retention_ms, retention_bytes,
-                delete_retention_ms, now,
+                name,
+                partitions,
+                compacted,
+                retention_ms,
+                retention_bytes,
+                delete_retention_ms,
+                now,
             )
         )
         return _describe(topic)
@@ -236,8 +241,16 @@ class Broker:
                     offsets.append(duplicate)
                     continue
                 base = self.log.append(
-                    tp_id, batch.keys, batch.values, batch.timestamps, batch.headers, pid, epoch,
-                    batch.base_seq, TXN if transactional else DATA, now,
+                    tp_id,
+                    batch.keys,
+                    batch.values,
+                    batch.timestamps,
+                    batch.headers,
+                    pid,
+                    epoch,
+                    batch.base_seq,
+                    TXN if transactional else DATA,
+                    now,
                 )
                 self.txns.record_append(
                     pid, epoch, tp_id, batch.base_seq, count, base, transactional, now
@@ -253,8 +266,10 @@ class Broker:
         count = len(batch.values)
         if count == 0:
             raise InvalidRequestError("a batch needs at least one record")
-        if len(batch.keys) != count or len(batch.timestamps) != count or (
-            batch.headers is not None and len(batch.headers) != count
+        if (
+            len(batch.keys) != count
+            or len(batch.timestamps) != count
+            or (batch.headers is not None and len(batch.headers) != count)
         ):
             raise InvalidRequestError("keys, values, timestamps and headers differ in length")
         if type(batch.base_seq) is not int:
@@ -348,7 +363,7 @@ class Broker:
     def list_offset(
         self, tp: TopicPartition, spec: str | int, isolation: str = READ_UNCOMMITTED
     ) -> int:
-        """"earliest", "latest" (the LSO under read_committed) or the first offset whose
+        """ "earliest", "latest" (the LSO under read_committed) or the first offset whose
         timestamp is at or after `spec` (ms); the end offset when none is."""
 
         def run() -> int:

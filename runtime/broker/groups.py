@@ -78,8 +78,17 @@ def _blob(tps: Iterable[tuple[str, int]]) -> bytes:
 
 def _member(row: tuple) -> Member:  # type: ignore[type-arg]
     return Member(
-        row[0], row[1], frozenset(orjson.loads(row[2])), row[3], row[4], row[5], row[6], row[7],
-        _tps(row[8]), _tps(row[9]), row[10],
+        row[0],
+        row[1],
+        frozenset(orjson.loads(row[2])),
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        _tps(row[8]),
+        _tps(row[9]),
+        row[10],
     )
 
 
@@ -103,19 +112,29 @@ class Groups:
         topic_list = sorted(set(topics))
         if not all(isinstance(t, str) for t in topic_list):
             raise InvalidRequestError("subscribed topics must be strings")
-        for label, value in (("session_timeout_ms", session_timeout_ms),
-                             ("rebalance_timeout_ms", rebalance_timeout_ms)):
+        for label, value in (
+            ("session_timeout_ms", session_timeout_ms),
+            ("rebalance_timeout_ms", rebalance_timeout_ms),
+        ):
             if type(value) is not int or value <= 0:
                 raise InvalidRequestError(f"{label} must be a positive integer")
         member_id = f"{client_id}-{uuid.uuid4().hex[:12]}"
-        self.conn.execute(
-            "INSERT OR IGNORE INTO groups VALUES (?, 0, ?)", (group_id, now)
-        )
+        self.conn.execute("INSERT OR IGNORE INTO groups VALUES (?, 0, ?)", (group_id, now))
         self.conn.execute(
             f"INSERT INTO members (group_id, {MEMBER_COLUMNS})"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL)",
-            (group_id, member_id, client_id, orjson.dumps(topic_list), session_timeout_ms,
-             rebalance_timeout_ms, now, now, b"[]", b"[]"),
+            (
+                group_id,
+                member_id,
+                client_id,
+                orjson.dumps(topic_list),
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                now,
+                now,
+                b"[]",
+                b"[]",
+            ),
         )
         generation = self._rebalance(group_id, now)
         return member_id, generation
@@ -272,10 +291,13 @@ class Groups:
     ) -> dict[TopicPartition, int]:
         result: dict[TopicPartition, int] = {}
         for tp in tps:
-            if require_stable and self.conn.execute(
-                "SELECT 1 FROM txn_offsets WHERE group_id = ? AND topic = ? AND partition = ?",
-                (group_id, tp.topic, tp.partition),
-            ).fetchone():
+            if (
+                require_stable
+                and self.conn.execute(
+                    "SELECT 1 FROM txn_offsets WHERE group_id = ? AND topic = ? AND partition = ?",
+                    (group_id, tp.topic, tp.partition),
+                ).fetchone()
+            ):
                 raise UnstableOffsetCommitError(
                     f"an open transaction holds offsets of {tp.topic}[{tp.partition}] for "
                     f"group {group_id!r}; retry when it ends"

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from runtime.broker.codec import decode_batch, encode_batch
+from runtime.broker.codec import DecodedBatch, decode_batch, encode_batch
 from runtime.broker.schema import ABORT_MARKER, ABORTED, COMMIT_MARKER, DATA, TXN
 from runtime.errors import (
     InvalidPartitionsError,
@@ -76,7 +76,8 @@ class Log:
             raise InvalidPartitionsError(
                 f"partitions must be an integer from 1 to {MAX_PARTITIONS}, not {partitions!r}"
             )
-        for label, setting in (("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
+        limits = (("retention_ms", retention_ms), ("retention_bytes", retention_bytes))
+        for label, setting in limits:
             if setting is not None and (type(setting) is not int or setting <= 0):
                 raise InvalidRequestError(f"{label} must be a positive integer or None")
         if self.conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
@@ -84,8 +85,15 @@ class Log:
         cursor = self.conn.execute(
             "INSERT INTO topics (name, partitions, compacted, retention_ms, retention_bytes,"
             " delete_retention_ms, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, partitions, int(compacted), retention_ms, retention_bytes,
-             delete_retention_ms, now),
+            (
+                name,
+                partitions,
+                int(compacted),
+                retention_ms,
+                retention_bytes,
+                delete_retention_ms,
+                now,
+            ),
         )
         topic_id = cursor.lastrowid
         self.conn.executemany(
@@ -197,8 +205,19 @@ class Log:
         count = len(values)
         self.conn.execute(
             "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (tp_id, base, base + count - 1, count, pid, epoch, base_seq, kind,
-             max(timestamps), now, payload),
+            (
+                tp_id,
+                base,
+                base + count - 1,
+                count,
+                pid,
+                epoch,
+                base_seq,
+                kind,
+                max(timestamps),
+                now,
+                payload,
+            ),
         )
         self.conn.execute(
             "UPDATE partitions SET next_offset = ?, bytes = bytes + ? WHERE id = ?",
@@ -249,17 +268,24 @@ class Log:
                 position = last + 1
                 continue
             keys, values, timestamps, headers, deltas = decode_batch(payload)
-            offsets = range(base, base + len(values)) if deltas is None else [
-                base + d for d in deltas
-            ]
+            offsets = (
+                range(base, base + len(values)) if deltas is None else [base + d for d in deltas]
+            )
             start = 0 if position <= base else _first_at_or_after(offsets, position)
             stop = min(len(values), start + max_records - len(records))
             for i in range(start, stop):
                 records.append(
                     _new_record(
                         Record,
-                        (topic, partition, offsets[i], keys[i], values[i], timestamps[i],
-                         None if headers is None else headers[i]),
+                        (
+                            topic,
+                            partition,
+                            offsets[i],
+                            keys[i],
+                            values[i],
+                            timestamps[i],
+                            None if headers is None else headers[i],
+                        ),
                     )
                 )
             if stop < len(values):
@@ -282,15 +308,15 @@ class Log:
     def offset_for_time(self, tp_id: int, timestamp: int) -> int | None:
         """First offset whose record timestamp is >= `timestamp`, or None."""
         rows = self.conn.execute(
-            "SELECT base_offset, kind, payload FROM batches WHERE tp = ? AND max_ts >= ?"
+            "SELECT base_offset, payload FROM batches WHERE tp = ? AND max_ts >= ?"
             " AND kind IN (?, ?, ?) ORDER BY base_offset",
             (tp_id, timestamp, DATA, TXN, ABORTED),
         )
-        for base, _kind, payload in rows:
-            _, values, timestamps, _, deltas = decode_batch(payload)
+        for base, payload in rows:
+            _, _, timestamps, _, deltas = decode_batch(payload)
             for i, ts in enumerate(timestamps):
                 if ts >= timestamp:
-                    return base + (i if deltas is None else deltas[i])
+                    return int(base) + (i if deltas is None else deltas[i])
         return None
 
     # --- retention and compaction -------------------------------------------------------
@@ -300,15 +326,15 @@ class Log:
         start of each partition (never past the LSO). Returns the number of batches deleted."""
         deleted = 0
         for tp_id in topic.tp_ids:
-            log_start, hw, size = self.offsets(tp_id)
+            _, hw, size = self.offsets(tp_id)
             lso = self.last_stable(tp_id, hw)
             rows = self.conn.execute(
-                "SELECT base_offset, last_offset, max_ts, length(payload) FROM batches"
+                "SELECT last_offset, max_ts, length(payload) FROM batches"
                 " WHERE tp = ? AND base_offset < ? ORDER BY base_offset",
                 (tp_id, lso),
             ).fetchall()
             drop_until = None
-            for base, last, max_ts, length in rows:
+            for last, max_ts, length in rows:
                 too_old = topic.retention_ms is not None and max_ts < now - topic.retention_ms
                 too_big = topic.retention_bytes is not None and size > topic.retention_bytes
                 if not (too_old or too_big):
@@ -338,8 +364,9 @@ class Log:
             ).fetchone()
             if not force and size < max(COMPACT_MIN_DIRTY_BYTES, 2 * (clean[0] if clean else 0)):
                 continue
-            removed += self._compact_partition(tp_id, self.last_stable(tp_id, hw),
-                                               now - topic.delete_retention_ms)
+            removed += self._compact_partition(
+                tp_id, self.last_stable(tp_id, hw), now - topic.delete_retention_ms
+            )
         return removed
 
     def _compact_partition(self, tp_id: int, end: int, tombstone_cutoff: int) -> int:
@@ -349,28 +376,29 @@ class Log:
             (tp_id, end),
         ).fetchall()
         latest: dict[bytes | None, int] = {}
-        decoded = []
+        decoded: list[tuple[int, int, DecodedBatch | None]] = []
         for base, kind, append_ms, payload in rows:
             if kind in HIDDEN_KINDS:
-                decoded.append((base, kind, append_ms, None))
+                decoded.append((base, append_ms, None))
                 continue
             batch = decode_batch(payload)
-            deltas = batch[4] or range(len(batch[1]))
-            for key, delta in zip(batch[0], deltas, strict=True):
+            for key, delta in zip(batch[0], batch[4] or range(len(batch[1])), strict=True):
                 latest[key] = base + delta
-            decoded.append((base, kind, append_ms, batch))
+            decoded.append((base, append_ms, batch))
         removed = 0
-        for base, kind, append_ms, batch in decoded:
-            if batch is None:
+        for base, append_ms, kept in decoded:
+            if kept is None:
                 self.conn.execute(
                     "DELETE FROM batches WHERE tp = ? AND base_offset = ?", (tp_id, base)
                 )
                 continue
-            keys, values, timestamps, headers, deltas = batch
+            keys, values, timestamps, headers, deltas = kept
             offsets = [base + d for d in (deltas or range(len(values)))]
+            live_tombstones = append_ms > tombstone_cutoff
             keep = [
-                i for i, off in enumerate(offsets)
-                if latest[keys[i]] == off and (values[i] is not None or append_ms > tombstone_cutoff)
+                i
+                for i, off in enumerate(offsets)
+                if latest[keys[i]] == off and (values[i] is not None or live_tombstones)
             ]
             if len(keep) == len(values):
                 continue

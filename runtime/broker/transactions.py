@@ -18,6 +18,7 @@ Kafka's rules (see the semantics digest, sections 1 and 2), on one node:
 from __future__ import annotations
 
 import sqlite3
+
 import orjson
 
 from runtime.broker.groups import Groups
@@ -140,8 +141,15 @@ class Transactions:
         return None
 
     def record_append(
-        self, pid: int, epoch: int, tp_id: int, base_seq: int, count: int, base_offset: int,
-        transactional: bool, now: int,
+        self,
+        pid: int,
+        epoch: int,
+        tp_id: int,
+        base_seq: int,
+        count: int,
+        base_offset: int,
+        transactional: bool,
+        now: int,
     ) -> None:
         """Remember a written batch's sequences; start the transaction on its first write."""
         if pid == NO_PRODUCER:
@@ -150,7 +158,7 @@ class Transactions:
             "SELECT epoch, recent FROM sequences WHERE pid = ? AND tp = ?", (pid, tp_id)
         ).fetchone()
         recent = orjson.loads(row[1]) if row is not None and row[0] == epoch else []
-        recent = [*recent[-(RECENT_BATCHES - 1):], [base_seq, base_seq + count - 1, base_offset]]
+        recent = [*recent[-(RECENT_BATCHES - 1) :], [base_seq, base_seq + count - 1, base_offset]]
         self.conn.execute(
             "INSERT OR REPLACE INTO sequences VALUES (?, ?, ?, ?)",
             (pid, tp_id, epoch, orjson.dumps(recent)),

@@ -1,9 +1,9 @@
 """One async interface to a broker, chosen by URL scheme.
 
-    broker = connect("sqlite:///app.db")     # a file beside the app, shared by processes
-    broker = connect("memory://")            # private, in this process (tests)
-    broker = connect("memory://shared")      # one per name, in this process
-    broker = connect("kafka://host:9092")    # Apache Kafka (pip install 'streams[kafka]')
+broker = connect("sqlite:///app.db")     # a file beside the app, shared by processes
+broker = connect("memory://")            # private, in this process (tests)
+broker = connect("memory://shared")      # one per name, in this process
+broker = connect("kafka://host:9092")    # Apache Kafka (pip install 'streams[kafka]')
 """
 
 from __future__ import annotations

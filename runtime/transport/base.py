@@ -143,17 +143,16 @@ class Consumer(abc.ABC):
         """Rewind to the group's committed offsets (after an aborted transaction)."""
 
     @abc.abstractmethod
-    async def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        ...
+    async def committed(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]: ...
 
     @abc.abstractmethod
     async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         """Commit offsets outside a transaction (default: the current positions)."""
 
     @abc.abstractmethod
-    async def end_offsets(
-        self, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int]:
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Last offset + 1 visible at this consumer's isolation level (the LSO under
         read_committed)."""
 

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: `python -m benchmarks NAME [options]`; each prints JSON lines."""

@@ -1,0 +1,105 @@
+"""Broker throughput through the async transport, on a file database in WAL mode.
+
+    python -m benchmarks broker [--records 500000] [--batch 1000] [--value-bytes 100]
+
+Prints one JSON line per figure. Targets (issue 2, 2 cores): batched produce >= 250,000
+records/s; read_committed fetch >= 800,000 records/s; transactional produce (1,000 records per
+transaction) >= 150,000 records/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+from runtime.transport import READ_COMMITTED, connect
+from runtime.types import TopicPartition
+
+TOPIC = "bench"
+PARTITIONS = 4
+
+
+def emit(figure: str, records: int, seconds: float, **extra: object) -> None:
+    print(
+        json.dumps(
+            {
+                "benchmark": "broker",
+                "figure": figure,
+                "records": records,
+                "seconds": round(seconds, 3),
+                "records_per_s": round(records / seconds),
+                **extra,
+            }
+        ),
+        flush=True,
+    )
+
+
+async def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks broker")
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--synchronous", default="normal", choices=["normal", "full"])
+    args = parser.parse_args(argv)
+    value = os.urandom(args.value_bytes // 2).hex().encode()[: args.value_bytes]
+    with tempfile.TemporaryDirectory() as directory:
+        url = f"sqlite:///{directory}/bench.db?synchronous={args.synchronous}"
+        async with connect(url) as broker:
+            await broker.create_topic(TOPIC, PARTITIONS)
+            settings = {
+                "synchronous": args.synchronous,
+                "batch": args.batch,
+                "value_bytes": args.value_bytes,
+            }
+
+            # 1. Batched idempotent produce: keyed records, flushed every `batch` records.
+            producer = broker.producer(batch_size=args.batch)
+            started = time.perf_counter()
+            for i in range(args.records):
+                producer.produce(TOPIC, value, key=b"key-%d" % (i % 10_000))
+                if i % args.batch == args.batch - 1:
+                    await producer.flush()
+            await producer.flush()
+            emit("produce", args.records, time.perf_counter() - started, **settings)
+
+            # 2. Transactional produce: one transaction per `batch` records.
+            txn = broker.producer(transactional_id="bench-txn", batch_size=args.batch)
+            await txn.init_transactions()
+            started = time.perf_counter()
+            for start in range(0, args.records, args.batch):
+                await txn.begin_transaction()
+                for i in range(start, min(start + args.batch, args.records)):
+                    txn.produce(TOPIC, value, key=b"key-%d" % (i % 10_000))
+                await txn.commit_transaction()
+            emit(
+                "transactional_produce",
+                args.records,
+                time.perf_counter() - started,
+                records_per_transaction=args.batch,
+                **settings,
+            )
+
+            # 3. read_committed fetch of everything written (2 x records, with markers).
+            consumer = broker.consumer(isolation=READ_COMMITTED)
+            await consumer.assign([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
+            total = 0
+            started = time.perf_counter()
+            while total < 2 * args.records:
+                batch = await consumer.getmany(timeout=1.0, max_records=args.batch)
+                if not batch:
+                    break
+                total += sum(len(records) for records in batch.values())
+            emit(
+                "read_committed_fetch",
+                total,
+                time.perf_counter() - started,
+                max_records=args.batch,
+                **settings,
+            )
+            await consumer.close()
+            await producer.close()
+            await txn.close()

@@ -1,0 +1,388 @@
+"""The embedded producer: buffers records, writes them in batches, one broker call per flush.
+
+Idempotent always (a pid, an epoch and per-partition sequences, so a retried flush is never
+written twice); transactional with a `transactional_id`.
+
+    producer = transport.producer(transactional_id="wordcount-0")
+    await producer.init_transactions()
+    await producer.begin_transaction()
+    producer.produce("counts", b"1", key=b"word")
+    await producer.commit_transaction()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from runtime.broker import ProduceBatch
+from runtime.errors import (
+    InvalidRequestError,
+    InvalidTxnStateError,
+    ProducerFencedError,
+    StreamsError,
+    TransactionAbortedError,
+    UnknownTopicError,
+)
+from runtime.partitioner import Partitioner
+from runtime.transport.base import DeliveryCallback, Producer
+from runtime.types import GroupMetadata, Headers, RecordMetadata, TopicPartition
+
+if TYPE_CHECKING:
+    from runtime.transport.embedded.transport import EmbeddedTransport
+
+_Pending = tuple[
+    str, int | None, bytes | None, bytes | None, Headers | None, int, DeliveryCallback | None
+]
+
+
+def _check_record(
+    topic: Any, value: Any, key: Any, partition: Any, headers: Any, timestamp: Any
+) -> None:
+    if not isinstance(topic, str):
+        raise InvalidRequestError(f"topic must be a string, not {type(topic).__name__}")
+    for label, item in (("value", value), ("key", key)):
+        if item is not None and type(item) is not bytes:
+            raise InvalidRequestError(
+                f"{label} must be bytes or None, not {type(item).__name__} (encode it first)"
+            )
+    if partition is not None and (type(partition) is not int or partition < 0):
+        raise InvalidRequestError(f"partition must be a non-negative int, not {partition!r}")
+    if timestamp is not None and type(timestamp) is not int:
+        raise InvalidRequestError(f"timestamp must be int milliseconds, not {timestamp!r}")
+    if headers is not None and not all(
+        isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and type(h[1]) is bytes
+        for h in headers
+    ):
+        raise InvalidRequestError("headers must be a list of (str, bytes) pairs")
+
+
+class EmbeddedProducer(Producer):
+    def __init__(
+        self,
+        transport: EmbeddedTransport,
+        transactional_id: str | None,
+        transaction_timeout_ms: int,
+        linger_ms: float,
+        batch_size: int,
+    ) -> None:
+        self.transport = transport
+        self.transactional_id = transactional_id
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self.linger_s = linger_ms / 1000
+        self.batch_size = batch_size
+        self._pending: list[_Pending] = []
+        self._partitioner = Partitioner()
+        self._pid: int | None = None
+        self._epoch = 0
+        self._sequences: dict[TopicPartition, int] = {}
+        self._lock = asyncio.Lock()
+        self._linger: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+        self._in_transaction = False
+        self._transaction_written = False
+        self._fenced: BaseException | None = None
+
+    # --- records ------------------------------------------------------------------------
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        if (
+            (value is not None and type(value) is not bytes)
+            or headers is not None
+            or (type(topic) is not str)
+            or (key is not None and type(key) is not bytes)
+            or (partition is not None or (timestamp is not None and type(timestamp) is not int))
+        ):
+            _check_record(topic, value, key, partition, headers, timestamp)
+        if self._fenced is not None:
+            raise self._fenced
+        if self.transactional_id is not None and not self._in_transaction:
+            raise InvalidTxnStateError("call begin_transaction() before producing")
+        self._pending.append(
+            (
+                topic,
+                partition,
+                key,
+                value,
+                headers,
+                time.time_ns() // 1_000_000 if timestamp is None else timestamp,
+                on_delivery,
+            )
+        )
+        if len(self._pending) >= self.batch_size:
+            self._flush_soon(0)
+        elif self._linger is None:
+            self._flush_soon(self.linger_s)
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        partition: int | None = None,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+    ) -> RecordMetadata:
+        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+
+        def delivered(meta: RecordMetadata | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert meta is not None
+                future.set_result(meta)
+
+        self.produce(
+            topic,
+            value,
+            key,
+            partition=partition,
+            headers=headers,
+            timestamp=timestamp,
+            on_delivery=delivered,
+        )
+        return await future
+
+    def _flush_soon(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._linger is not None:
+            self._linger.cancel()
+        self._linger = loop.call_later(delay, self._start_background_flush)
+
+    def _start_background_flush(self) -> None:
+        self._linger = None
+        task = asyncio.ensure_future(self._background_flush())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _background_flush(self) -> None:
+        try:
+            async with self._lock:
+                await self._write_pending()
+        except StreamsError as exc:
+            self._error = exc
+
+    async def flush(self) -> None:
+        async with self._lock:
+            await self._write_pending()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    async def _write_pending(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        records, self._pending = self._pending, []
+        if not records:
+            return
+        if self._pid is None:
+            if self.transactional_id is not None:
+                _fail(records, InvalidTxnStateError("call init_transactions() first"))
+                raise InvalidTxnStateError("call init_transactions() first")
+            self._pid, self._epoch = await self.transport._write(
+                self.transport.broker.init_producer_id
+            )
+        columns: dict[TopicPartition, tuple[list[Any], ...]] = {}
+        failed: list[tuple[_Pending, StreamsError]] = []
+        counts: dict[str, int | StreamsError] = {}
+        for record in records:
+            topic, partition, key, value, headers, timestamp, _ = record
+            count = counts.get(topic)
+            if count is None:
+                try:
+                    count = counts[topic] = await self.transport.partitions_of(topic)
+                except UnknownTopicError as exc:
+                    count = counts[topic] = exc
+            if isinstance(count, StreamsError):
+                failed.append((record, count))
+                continue
+            if partition is None:
+                partition = self._partitioner.partition(topic, key, count)
+            elif partition >= count:
+                failed.append(
+                    (
+                        record,
+                        UnknownTopicError(
+                            f"partition {partition} out of range for topic {topic!r} ({count} partitions)"
+                        ),
+                    )
+                )
+                continue
+            tp = TopicPartition(topic, partition)
+            batch = columns.get(tp)
+            if batch is None:
+                batch = columns[tp] = ([], [], [], [], [])
+            batch[0].append(key)
+            batch[1].append(value)
+            batch[2].append(timestamp)
+            batch[3].append(headers)
+            batch[4].append(record[6])
+        for topic in counts:
+            self._partitioner.next_batch(topic)
+        for record, error in failed:
+            _fail([record], error)
+        if not columns:
+            if failed:
+                raise failed[0][1]
+            return
+        batches = [
+            ProduceBatch(
+                tp.topic,
+                tp.partition,
+                self._sequences.get(tp, 0),
+                keys,
+                values,
+                timestamps,
+                headers if any(headers) else None,
+            )
+            for tp, (keys, values, timestamps, headers, _) in columns.items()
+        ]
+        transactional = self.transactional_id is not None
+        try:
+            offsets = await self.transport._write(
+                self.transport.broker.produce,
+                self._pid,
+                self._epoch,
+                batches,
+                transactional=transactional,
+            )
+        except StreamsError as exc:
+            if isinstance(exc, ProducerFencedError):
+                self._fenced = exc
+            for *_, callbacks in columns.values():
+                for callback in callbacks:
+                    if callback is not None:
+                        callback(None, exc)
+            raise
+        if transactional:
+            self._transaction_written = True
+        for (tp, (_, _, timestamps, _, callbacks)), base in zip(
+            columns.items(), offsets, strict=True
+        ):
+            self._sequences[tp] = self._sequences.get(tp, 0) + len(timestamps)
+            for i, callback in enumerate(callbacks):
+                if callback is not None:
+                    callback(RecordMetadata(tp.topic, tp.partition, base + i, timestamps[i]), None)
+        if failed:
+            raise failed[0][1]
+
+    # --- transactions -------------------------------------------------------------------
+
+    def _require_transactional(self) -> None:
+        if self.transactional_id is None:
+            raise InvalidTxnStateError("this producer has no transactional_id")
+        if self._pid is None:
+            raise InvalidTxnStateError("call init_transactions() first")
+        if self._fenced is not None:
+            raise self._fenced
+
+    async def init_transactions(self) -> None:
+        if self.transactional_id is None:
+            raise InvalidTxnStateError("init_transactions() needs a transactional_id")
+        async with self._lock:
+            _fail(self._pending, TransactionAbortedError("producer re-initialised"))
+            self._pending = []
+            self._pid, self._epoch = await self.transport._write(
+                self.transport.broker.init_producer_id,
+                self.transactional_id,
+                self.transaction_timeout_ms,
+            )
+            self._sequences.clear()
+            self._fenced = None
+            self._in_transaction = False
+            self._transaction_written = False
+
+    async def begin_transaction(self) -> None:
+        self._require_transactional()
+        if self._in_transaction:
+            raise InvalidTxnStateError("a transaction is already open")
+        self._in_transaction = True
+        self._transaction_written = False
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_metadata: GroupMetadata
+    ) -> None:
+        self._require_transactional()
+        if not self._in_transaction:
+            raise InvalidTxnStateError("send_offsets_to_transaction() outside a transaction")
+        assert self._pid is not None
+        try:
+            await self.transport._write(
+                self.transport.broker.send_offsets_to_transaction,
+                self._pid,
+                self._epoch,
+                dict(offsets),
+                group_metadata,
+            )
+        except ProducerFencedError as exc:
+            self._fenced = exc
+            raise
+        self._transaction_written = True
+
+    async def commit_transaction(self) -> None:
+        self._require_transactional()
+        if not self._in_transaction:
+            raise InvalidTxnStateError("commit_transaction() with no open transaction")
+        await self.flush()
+        await self._end(commit=True)
+
+    async def abort_transaction(self) -> None:
+        self._require_transactional()
+        if not self._in_transaction:
+            raise InvalidTxnStateError("abort_transaction() with no open transaction")
+        async with self._lock:
+            _fail(self._pending, TransactionAbortedError("transaction aborted"))
+            self._pending = []
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+        self._error = None
+        await self._end(commit=False)
+
+    async def _end(self, commit: bool) -> None:
+        assert self._pid is not None
+        async with self._lock:
+            if self._transaction_written:
+                try:
+                    self._epoch = await self.transport._write(
+                        self.transport.broker.end_transaction, self._pid, self._epoch, commit
+                    )
+                except ProducerFencedError as exc:
+                    self._fenced = exc
+                    self._in_transaction = False
+                    raise
+            self._sequences.clear()
+            self._in_transaction = False
+            self._transaction_written = False
+
+    async def close(self) -> None:
+        if self._in_transaction:
+            await self.abort_transaction()
+        elif self._fenced is None:
+            await self.flush()
+        for task in list(self._background):
+            await task
+
+
+def _fail(records: Iterable[_Pending], error: BaseException) -> None:
+    for record in records:
+        callback = record[6]
+        if callback is not None:
+            callback(None, error)
