@@ -21,6 +21,7 @@ from runtime.broker import ProduceBatch
 from runtime.errors import (
     InvalidRequestError,
     InvalidTxnStateError,
+    PartitionOutOfRangeError,
     ProducerFencedError,
     StreamsError,
     TransactionAbortedError,
@@ -216,14 +217,10 @@ class EmbeddedProducer(Producer):
             if partition is None:
                 partition = self._partitioner.partition(topic, key, count)
             elif partition >= count:
-                failed.append(
-                    (
-                        record,
-                        UnknownTopicError(
-                            f"partition {partition} out of range for topic {topic!r} ({count} partitions)"
-                        ),
-                    )
+                error = PartitionOutOfRangeError(
+                    f"partition {partition} out of range for {topic!r} ({count} partitions)"
                 )
+                failed.append((record, error))
                 continue
             tp = TopicPartition(topic, partition)
             batch = columns.get(tp)
