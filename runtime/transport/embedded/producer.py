@@ -217,10 +217,10 @@ class EmbeddedProducer(Producer):
             if partition is None:
                 partition = self._partitioner.partition(topic, key, count)
             elif partition >= count:
-                error = PartitionOutOfRangeError(
+                out_of_range = PartitionOutOfRangeError(
                     f"partition {partition} out of range for {topic!r} ({count} partitions)"
                 )
-                failed.append((record, error))
+                failed.append((record, out_of_range))
                 continue
             tp = TopicPartition(topic, partition)
             batch = columns.get(tp)
