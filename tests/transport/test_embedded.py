@@ -306,3 +306,18 @@ async def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         connect("sqlite:///x.db?colour=blue")
     with pytest.raises(errors.ConfigurationError, match="unknown broker URL scheme"):
         connect("redis://localhost")
+
+
+async def test_retention_runs_by_itself_after_writes(tmp_path: Path) -> None:
+    async with connect(f"sqlite:///{tmp_path}/r.db?maintenance_interval_s=0") as transport:
+        await transport.create_topic("short", 1, retention_ms=60_000)
+        producer = transport.producer()
+        hour_ago = int(time.time() * 1000) - 3_600_000
+        await producer.send("short", b"old", partition=0, timestamp=hour_ago)
+        await producer.send("short", b"new", partition=0)  # this write triggers maintenance
+        await producer.send("short", b"newer", partition=0)
+        info = await transport.partition_info("short", 0)
+        assert info.log_start == 1
+        consumer = transport.consumer()
+        await consumer.assign([TopicPartition("short", 0)])
+        assert [r.value for r in await drain(consumer)] == [b"new", b"newer"]

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -32,18 +33,22 @@ T = TypeVar("T")
 POLL_MIN_S = 0.002  # long-poll backoff for commits by other connections
 POLL_MAX_S = 0.05
 LOCKED_RETRIES = 5
+DEFAULT_MAINTENANCE_INTERVAL_S = 30.0
 
 
 class _Core:
     """One broker connection, the thread that owns it, and the consumers waiting on it."""
 
-    def __init__(self, broker: Broker, shared_file: bool) -> None:
+    def __init__(self, broker: Broker, shared_file: bool, maintenance_interval_s: float) -> None:
         self.broker = broker
         self.shared_file = shared_file  # other connections may write: poll data_version
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="streams-broker")
         self.version = 0  # bumped by every write through this core
         self.waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.users = 0
+        self.maintenance_interval_s = maintenance_interval_s
+        self.next_maintenance = time.monotonic() + maintenance_interval_s
+        self.maintenance: asyncio.Future[Any] | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -57,6 +62,22 @@ class _Core:
             self.version += 1
             for loop, event in list(self.waiters):
                 loop.call_soon_threadsafe(event.set)
+            if time.monotonic() >= self.next_maintenance:
+                self._maintain_soon()
+
+    def _maintain_soon(self) -> None:
+        """Retention, compaction and transaction timeouts, on the broker thread after the
+        current call; at most once per maintenance interval."""
+        self.next_maintenance = time.monotonic() + self.maintenance_interval_s
+        if self.maintenance is None or self.maintenance.done():
+            loop = asyncio.get_running_loop()
+            self.maintenance = loop.run_in_executor(self.executor, self._maintain)
+
+    def _maintain(self) -> None:
+        try:
+            self.broker.maintain()
+        except StreamsError as exc:
+            log.warning("broker maintenance failed (will retry): %s", exc)
 
     def fetch_with_version(
         self, *args: Any, **kwargs: Any
@@ -111,16 +132,17 @@ def _open_core(url: str) -> tuple[_Core, str | None]:
         kwargs["synchronous"] = options.pop("synchronous")
     if "busy_timeout_ms" in options:
         kwargs["busy_timeout_ms"] = int(options.pop("busy_timeout_ms"))
+    interval = float(options.pop("maintenance_interval_s", DEFAULT_MAINTENANCE_INTERVAL_S))
     if options:
         raise ConfigurationError(f"unknown broker URL options {sorted(options)} in {url!r}")
     if parts.scheme == "memory":
         name = (parts.netloc + parts.path).strip("/")
         if not name:
-            return _Core(Broker(":memory:", **kwargs), shared_file=False), None
+            return _Core(Broker(":memory:", **kwargs), False, interval), None
         with _memory_lock:
             core = _memory_cores.get(name)
             if core is None:
-                core = _memory_cores[name] = _Core(Broker(":memory:", **kwargs), False)
+                core = _memory_cores[name] = _Core(Broker(":memory:", **kwargs), False, interval)
             core.users += 1
         return core, name
     if parts.scheme == "sqlite":
@@ -129,7 +151,7 @@ def _open_core(url: str) -> tuple[_Core, str | None]:
             raise ConfigurationError(
                 f"bad sqlite URL {url!r}: use sqlite:///relative/path.db or sqlite:////abs/path.db"
             )
-        return _Core(Broker(path[1:], **kwargs), shared_file=True), None
+        return _Core(Broker(path[1:], **kwargs), True, interval), None
     raise ConfigurationError(f"the embedded broker does not serve {url!r}")
 
 
