@@ -163,3 +163,31 @@ class UnstableOffsetCommitError(GroupError):
 
     retriable = True
     kafka_code = 88
+
+
+# --- apps, agents and tables ----------------------------------------------------------------
+
+
+class AppError(StreamsError):
+    """Base of errors raised by the worker and the stream API."""
+
+
+class TableKeyNotOwnedError(AppError):
+    """A table key whose partition this worker does not own (the stream is not partitioned
+    like the table: use `stream.group_by(...)`)."""
+
+
+class TableWriteOutsideAgentError(AppError):
+    """A table was written outside an agent, where no transaction can carry the change."""
+
+
+class AgentError(AppError):
+    """An agent raised while processing an event; nothing of its batch was committed."""
+
+
+class AgentStoppedError(AppError):
+    """An agent returned while its stream still had events to process."""
+
+
+class RecordDecodeError(AppError):
+    """A record's key or value could not be decoded (policy on_decode_error='stop')."""

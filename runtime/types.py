@@ -6,7 +6,7 @@ record.key, record.value, record.offset  # bytes | None, bytes | None, int
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 Headers = list[tuple[str, bytes]]
 
@@ -64,3 +64,15 @@ class PartitionInfo(NamedTuple):
     last_stable: int
     batches: int
     bytes: int
+
+
+class Event(NamedTuple):
+    """A decoded record, as an agent sees it (`stream.events()`)."""
+
+    key: Any
+    value: Any
+    headers: Headers | None
+    timestamp: int
+    topic: str
+    partition: int
+    offset: int

@@ -1,0 +1,366 @@
+"""The worker: joins the app's group, restores tables, runs agents, commits.
+
+One worker per process (or several in one process, for tests). Its loop:
+
+    poll      getmany from every owned partition (group changes are applied here)
+    restore   tables of newly owned partitions, from the local store and the changelog,
+              before any event of those partitions is processed
+    process   decode, re-key (group_by) and hand each batch to the agents
+    commit    when `commit_interval` passed or `commit_every` events were processed
+
+    worker = Worker(spec, transport, settings)
+    await worker.start()
+    await worker.run(stop)      # until `stop` is set; then commits, leaves the group
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from runtime.errors import (
+    ConfigurationError,
+    RecordDecodeError,
+    StreamsError,
+    TopicExistsError,
+)
+from runtime.transport import READ_COMMITTED, Transport
+from runtime.types import Event, Record, TopicPartition
+from runtime.worker.agents import AgentRunner
+from runtime.worker.commit import CommitCycle
+from runtime.worker.ops import Skip, apply_ops
+from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
+from runtime.worker.store import MEMORY, StateStore
+from runtime.worker.tables import TableState
+
+log = logging.getLogger(__name__)
+
+
+class WorkerSettings(Protocol):
+    """The settings a worker reads (streams.Settings provides them)."""
+
+    @property
+    def processing_guarantee(self) -> str: ...
+    @property
+    def commit_interval(self) -> float: ...
+    @property
+    def commit_every(self) -> int: ...
+    @property
+    def state_dir(self) -> str: ...
+    @property
+    def max_poll_records(self) -> int: ...
+    @property
+    def on_decode_error(self) -> str: ...
+    @property
+    def transaction_timeout_ms(self) -> int: ...
+    @property
+    def session_timeout_ms(self) -> int: ...
+    @property
+    def exactly_once(self) -> bool: ...
+
+
+class Worker:
+    def __init__(
+        self,
+        spec: AppSpec,
+        transport: Transport,
+        settings: WorkerSettings,
+        *,
+        worker_id: str = "0",
+        fault: Callable[[str], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.transport = transport
+        self.settings = settings
+        self.worker_id = worker_id
+        self.fault = fault
+        self.tables = {t.name: TableState(t) for t in spec.tables}
+        self.runners = [AgentRunner(a, self._emit) for a in spec.agents]
+        self.routes: dict[str, list[AgentRunner | RepartitionSpec]] = {}
+        for runner in self.runners:
+            self.routes.setdefault(runner.spec.topic, []).append(runner)
+        for step in spec.repartitions:
+            self.routes.setdefault(step.source, []).append(step)
+        self._owned: set[int] = set()  # partition numbers whose tables are restored
+        self._to_restore: set[int] = set()
+        self._timers: list[asyncio.Task[None]] = []
+        self.events_processed = 0
+        self.decode_errors = 0
+        self.started = False
+
+    # --- start and stop -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._create_topics()
+        state_dir = self.settings.state_dir
+        if state_dir != MEMORY:
+            state_dir = os.path.join(state_dir, f"worker-{self.worker_id}")
+        self.store = await StateStore.open(state_dir)
+        exactly_once = self.settings.exactly_once
+        self.producer = self.transport.producer(
+            transactional_id=f"{self.spec.app_id}-{self.worker_id}" if exactly_once else None,
+            transaction_timeout_ms=self.settings.transaction_timeout_ms,
+            linger_ms=1_000_000,  # the commit cycle flushes
+            batch_size=50_000,
+        )
+        if exactly_once:
+            await self.producer.init_transactions()  # fences our predecessor, aborts its work
+        self.consumer = self.transport.consumer(
+            self.spec.app_id,
+            isolation=READ_COMMITTED,
+            client_id=f"{self.spec.app_id}-{self.worker_id}",
+            session_timeout_ms=self.settings.session_timeout_ms,
+        )
+        self.cycle = CommitCycle(
+            self.producer,
+            self.consumer,
+            self.tables,
+            self.store,
+            exactly_once=exactly_once,
+            fault=self.fault,
+        )
+        await self.consumer.subscribe(
+            self.spec.source_topics(), on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        for runner in self.runners:
+            runner.start()
+        for timer in self.spec.timers:
+            self._timers.append(asyncio.ensure_future(self._run_timer(timer)))
+        self._last_commit = time.monotonic()
+        self._since_commit = 0
+        self.started = True
+
+    async def _create_topics(self) -> None:
+        for topic in self.spec.topics.values():
+            try:
+                await self.transport.create_topic(
+                    topic.name, topic.partitions, compacted=topic.compacted
+                )
+            except TopicExistsError:
+                existing = await self.transport.describe_topic(topic.name)
+                if existing.partitions != topic.partitions:
+                    raise ConfigurationError(
+                        f"topic {topic.name!r} has {existing.partitions} partitions, the app "
+                        f"declares {topic.partitions}: tables and streams must be co-partitioned"
+                    ) from None
+
+    async def stop(self, *, clean: bool = True) -> None:
+        """Commit what was processed, leave the group, release everything."""
+        for task in self._timers:
+            task.cancel()
+        try:
+            if clean and self.started:
+                await self.commit()
+        finally:
+            await self.consumer.close()
+            for runner in self.runners:
+                await runner.stop()
+            if clean:
+                await self.producer.close()
+            await self.store.close()
+            self.started = False
+
+    async def _run_timer(self, timer: Any) -> None:
+        if timer.interval is None:
+            await timer.fn()
+            return
+        while True:
+            await asyncio.sleep(timer.interval)
+            try:
+                await timer.fn()
+            except Exception:
+                log.exception("timer %s failed", timer.name)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.poll(timeout=min(0.1, self.settings.commit_interval))
+
+    async def poll(self, timeout: float = 0.1) -> int:
+        """One round: fetch, restore, process, maybe commit. Returns events processed."""
+        batch = await self.consumer.getmany(
+            timeout=timeout, max_records=self.settings.max_poll_records
+        )
+        if self._to_restore:
+            await self._restore()
+        processed = 0
+        if batch:
+            await self.cycle.begin()
+            try:
+                for tp, records in batch.items():
+                    processed += await self._process(tp, records)
+            except BaseException:
+                await self._abort()
+                raise
+            self.events_processed += processed
+            self._since_commit += processed
+        now = time.monotonic()
+        due = now - self._last_commit >= self.settings.commit_interval
+        if self.cycle.open and (due or self._since_commit >= self.settings.commit_every):
+            await self.commit()
+        return processed
+
+    async def commit(self) -> None:
+        if not self.cycle.open:
+            return
+        try:
+            for runner in self.runners:
+                await runner.flush()  # events held by take() are processed before a commit
+            await self.cycle.commit()
+        except StreamsError:
+            await self._abort()
+            raise
+        self._last_commit = time.monotonic()
+        self._since_commit = 0
+
+    async def _abort(self) -> None:
+        try:
+            await self.cycle.abort()
+        except StreamsError as exc:
+            log.error("abort failed: %s", exc)
+
+    # --- processing ---------------------------------------------------------------------
+
+    def _decode(self, topic: TopicSpec, records: list[Record]) -> list[Event]:
+        decode_key, decode_value = topic.key.decode, topic.value.decode
+        events = []
+        for r in records:
+            try:
+                key = None if r.key is None else decode_key(r.key)
+                value = None if r.value is None else decode_value(r.value)
+            except (ValueError, TypeError) as exc:
+                where = f"{r.topic}[{r.partition}]@{r.offset}"
+                if self.settings.on_decode_error == "stop":
+                    raise RecordDecodeError(
+                        f"cannot decode the record at {where} with codecs "
+                        f"{topic.key.name}/{topic.value.name}: {exc}"
+                    ) from exc
+                self.decode_errors += 1
+                log.warning("skipping undecodable record at %s: %s", where, exc)
+                continue
+            events.append(Event(key, value, r.headers, r.timestamp, r.topic, r.partition, r.offset))
+        return events
+
+    async def _process(self, tp: TopicPartition, records: list[Record]) -> int:
+        routes = self.routes.get(tp.topic)
+        if not routes:
+            return 0
+        events = self._decode(self.spec.topics[tp.topic], records)
+        for route in routes:
+            if isinstance(route, RepartitionSpec):
+                self._repartition(route, events)
+            else:
+                await route.process(events)
+        return len(records)
+
+    def _repartition(self, step: RepartitionSpec, events: list[Event]) -> None:
+        target = self.spec.topics[step.target]
+        encode_key, encode_value = target.key.encode, target.value.encode
+        produce = self.producer.produce
+        for event in events:
+            try:
+                value = apply_ops(step.ops, event.value) if step.ops else event.value
+            except Skip:
+                continue
+            key = step.key_fn(value)
+            produce(
+                step.target,
+                encode_value(value),
+                encode_key(key),
+                headers=event.headers,
+                timestamp=event.timestamp,
+            )
+
+    def _emit(self, runner: AgentRunner, output: Any) -> None:
+        """Send an agent's output to its sinks, keyed by the event being processed."""
+        event = runner.inbox.current
+        key = None if event is None else event.key
+        for name in runner.spec.sinks:
+            sink = self.spec.topics[name]
+            self.producer.produce(
+                name,
+                None if output is None else sink.value.encode(output),
+                None if key is None else sink.key.encode(key),
+            )
+
+    # --- assignment ---------------------------------------------------------------------
+
+    async def _on_revoke(self, tps: set[TopicPartition]) -> None:
+        # Runs inside getmany, between batches: commit what was processed, then let go.
+        if self.started:
+            await self.commit()
+        remaining = {tp.partition for tp in self.consumer.assignment() - tps}
+        for partition in self._owned - remaining:
+            for table in self.tables.values():
+                table.detach(partition)
+            self._owned.discard(partition)
+        self._to_restore &= remaining
+        log.info("worker %s: revoked %s", self.worker_id, sorted(tps))
+
+    async def _on_assign(self, tps: set[TopicPartition]) -> None:
+        # Bookkeeping only: the tables are restored by the loop, before any event.
+        self._to_restore |= {tp.partition for tp in tps} - self._owned
+        log.info("worker %s: assigned %s", self.worker_id, sorted(tps))
+
+    async def _restore(self) -> None:
+        partitions, self._to_restore = sorted(self._to_restore), set()
+        if not self.tables:
+            self._owned.update(partitions)
+            return
+        started = time.monotonic()
+        restored = 0
+        reader = self.transport.consumer(isolation=READ_COMMITTED)
+        try:
+            for table in self.tables.values():
+                for partition in partitions:
+                    restored += await self._restore_partition(reader, table, partition)
+        finally:
+            await reader.close()
+        self._owned.update(partitions)
+        log.info(
+            "worker %s: restored %d changelog records for partitions %s in %.3f s",
+            self.worker_id,
+            restored,
+            partitions,
+            time.monotonic() - started,
+        )
+
+    async def _restore_partition(self, reader: Any, table: TableState, partition: int) -> int:
+        tp = TopicPartition(table.spec.changelog, partition)
+        rows, checkpoint = await self.store.load(table.spec.name, partition)
+        info = await self.transport.partition_info(tp.topic, partition)
+        if checkpoint is not None and not info.log_start <= checkpoint <= info.high_watermark:
+            log.warning(
+                "store checkpoint %d of %s does not fit the changelog (%d..%d): rebuilding",
+                checkpoint,
+                tp,
+                info.log_start,
+                info.high_watermark,
+            )
+            await self.store.wipe(table.spec.name, partition)
+            rows, checkpoint = {}, None
+        table.attach(partition, rows)
+        start = info.log_start if checkpoint is None else checkpoint
+        end = (await reader.end_offsets([tp]))[tp]
+        if start >= end:
+            return 0
+        await reader.assign([tp])
+        reader.seek(tp, start)
+        count = 0
+        while reader.position(tp) < end:
+            before = reader.position(tp)
+            batch = await reader.getmany(timeout=5.0, max_records=10_000)
+            records = batch.get(tp, [])
+            if not records and reader.position(tp) == before:
+                raise StreamsError(f"restore of {tp} stalled at offset {before} (end {end})")
+            table.apply_changelog(partition, records)
+            count += len(records)
+        return count
+
+
+__all__ = ["Worker", "WorkerSettings"]

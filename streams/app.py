@@ -1,0 +1,386 @@
+"""The App: where topics, tables, agents, timers and tasks are declared, and how they run.
+
+app = streams.App("wordcount", broker="sqlite:///wordcount.db")
+words = app.topic("words", value_type=str)
+counts = app.table("counts", default=int)
+
+@app.stream(words, sink=[app.topic("word-counts")])
+async def count(stream):
+    async for word in stream.group_by(lambda w: w, name="by-word"):
+        counts[word] += 1
+        yield {"word": word, "count": counts[word]}
+
+app.main()          # `python wordcount.py worker` runs a worker until SIGTERM/SIGINT
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from runtime.errors import AppError, ConfigurationError
+from runtime.transport import Producer, Transport, connect
+from runtime.types import Headers, RecordMetadata
+from runtime.worker import AgentSpec, AppSpec, Inbox, RepartitionSpec, TimerSpec, Worker
+from streams.codecs import Codec, get_codec
+from streams.settings import Settings
+from streams.stream import Discovered, Stream
+from streams.table import Table
+from streams.topic import Topic
+
+log = logging.getLogger(__name__)
+APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+AgentFunction = Callable[[Stream], AsyncIterator[Any] | Awaitable[None]]
+
+
+class Agent:
+    def __init__(self, name: str, topic: Topic, fn: AgentFunction, sinks: list[Topic]) -> None:
+        self.name = name
+        self.topic = topic
+        self.fn = fn
+        self.sinks = sinks
+
+
+class App:
+    def __init__(
+        self,
+        id: str,
+        *,
+        broker: str | None = None,
+        processing_guarantee: str | None = None,
+        commit_interval: float | None = None,
+        state_dir: str | None = None,
+        **settings: Any,
+    ) -> None:
+        if not isinstance(id, str) or not APP_ID.match(id):
+            raise ConfigurationError(f"invalid app id {id!r}: use 1-100 of [A-Za-z0-9._-]")
+        self.id = id
+        self._given = {
+            "broker": broker,
+            "processing_guarantee": processing_guarantee,
+            "commit_interval": commit_interval,
+            "state_dir": state_dir,
+            **settings,
+        }
+        self.settings = Settings.resolve(id, self._given)
+        self.topics: dict[str, Topic] = {}
+        self.tables: dict[str, Table] = {}
+        self.agents: list[Agent] = []
+        self.timers: list[TimerSpec] = []
+        self._worker: Worker | None = None
+        self._transport: Transport | None = None
+        self._producer: Producer | None = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.id} broker={self.settings.broker}>"
+
+    # --- declarations -------------------------------------------------------------------
+
+    def topic(
+        self,
+        name: str,
+        *,
+        partitions: int | None = None,
+        key_type: str | type | Codec | None = None,
+        value_type: str | type | Codec | None = None,
+        compacted: bool = False,
+        internal: bool = False,
+    ) -> Topic:
+        """Declare a topic (created when a worker starts, if it does not exist)."""
+        existing = self.topics.get(name)
+        if existing is not None:
+            if partitions is not None and partitions != existing.partitions:
+                raise ConfigurationError(
+                    f"topic {name!r} declared with {existing.partitions} and {partitions} "
+                    "partitions"
+                )
+            return existing
+        topic = Topic(
+            self,
+            name,
+            partitions or self.settings.default_partitions,
+            get_codec(key_type),
+            get_codec(value_type),
+            compacted=compacted,
+            internal=internal,
+        )
+        self.topics[name] = topic
+        return topic
+
+    def table(
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        key_type: str | type | Codec | None = None,
+        value_type: str | type | Codec | None = None,
+        partitions: int | None = None,
+    ) -> Table:
+        """Declare a table; its changelog is the compacted topic `<app>-<name>-changelog`."""
+        if name in self.tables:
+            raise ConfigurationError(f"table {name!r} is declared twice")
+        if default is not None and not callable(default):
+            raise ConfigurationError("default= must be a callable such as int or list")
+        table = Table(
+            self,
+            name,
+            partitions or self.settings.default_partitions,
+            get_codec(key_type),
+            get_codec(value_type),
+            default,
+        )
+        self.tables[name] = table
+        return table
+
+    def stream(
+        self,
+        topic: Topic | str,
+        *,
+        sink: Sequence[Topic | str] = (),
+        concurrency: int = 1,
+        name: str | None = None,
+    ) -> Callable[[AgentFunction], AgentFunction]:
+        """Decorate an agent: `async def agent(stream)` that iterates `stream`; what it
+        yields goes to every topic of `sink`, keyed like the event being processed."""
+        if concurrency != 1:
+            raise ConfigurationError(
+                "concurrency > 1 is not supported: one agent instance per partition keeps "
+                "events of a key in order; run more workers to scale"
+            )
+        source = self.topic(topic) if isinstance(topic, str) else topic
+        sinks = [self.topic(s) if isinstance(s, str) else s for s in sink]
+
+        def register(fn: AgentFunction) -> AgentFunction:
+            if not (inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(fn)):
+                raise ConfigurationError(f"agent {fn.__name__!r} must be an async function")
+            agent_name = name or fn.__name__
+            if any(a.name == agent_name for a in self.agents):
+                raise ConfigurationError(f"two agents are called {agent_name!r}")
+            self.agents.append(Agent(agent_name, source, fn, sinks))
+            return fn
+
+        return register
+
+    def timer(self, interval: float) -> Callable[[Callable[[], Awaitable[None]]], Any]:
+        """Decorate `async def fn()` to run every `interval` seconds in each worker."""
+        if interval <= 0:
+            raise ConfigurationError("timer interval must be positive")
+
+        def register(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+            self.timers.append(TimerSpec(fn.__name__, float(interval), fn))
+            return fn
+
+        return register
+
+    def task(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Decorate `async def fn()` to run once when each worker starts."""
+        self.timers.append(TimerSpec(fn.__name__, None, fn))
+        return fn
+
+    # --- producing without running agents -----------------------------------------------
+
+    async def send(
+        self,
+        topic: Topic | str,
+        *,
+        key: Any = None,
+        value: Any = None,
+        headers: Headers | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+    ) -> RecordMetadata | None:
+        """Send one record to a declared topic (or a topic name, JSON-encoded)."""
+        target = self.topics.get(topic) if isinstance(topic, str) else topic
+        if target is None:
+            target = self.topic(str(topic))
+        return await target.send(
+            key=key, value=value, headers=headers, timestamp=timestamp, partition=partition
+        )
+
+    async def _send_now(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        timestamp: int | None,
+        partition: int | None,
+    ) -> RecordMetadata:
+        if self._producer is None:
+            if self._transport is None:
+                self._transport = connect(self.settings.broker)
+            self._producer = self._transport.producer()
+        return await self._producer.send(
+            topic, value, key, partition=partition, headers=headers, timestamp=timestamp
+        )
+
+    def _worker_producer(self) -> Producer:
+        if self._worker is None:
+            raise AppError("no worker of this app is running")
+        return self._worker.producer
+
+    async def close(self) -> None:
+        """Release the producer and broker connection used by `send()`."""
+        if self._producer is not None:
+            await self._producer.close()
+            self._producer = None
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
+
+    # --- building and running -----------------------------------------------------------
+
+    async def build(self) -> AppSpec:
+        """Discover the agents' operations and describe every topic the app needs."""
+        agents: list[AgentSpec] = []
+        repartitions: list[RepartitionSpec] = []
+        for agent in self.agents:
+            stream = await self._discover(agent)
+            source = agent.topic
+            if stream.group is not None:
+                group = stream.group
+                target = self.topic(
+                    f"{self.id}-{group.name}-repartition",
+                    partitions=agent.topic.partitions,
+                    value_type=agent.topic.value,
+                    internal=True,
+                )
+                repartitions.append(
+                    RepartitionSpec(agent.topic.name, target.name, group.ops_before, group.key_fn)
+                )
+                source = target
+            agents.append(
+                AgentSpec(
+                    agent.name,
+                    source.name,
+                    self._runner(agent, source),
+                    [s.name for s in agent.sinks],
+                )
+            )
+        topics = {name: topic.spec() for name, topic in self.topics.items()}
+        for table in self.tables.values():
+            changelog = Topic(
+                self,
+                table.changelog_topic,
+                table.partitions,
+                get_codec("raw"),
+                get_codec("raw"),
+                compacted=True,
+                internal=True,
+            )
+            topics[changelog.name] = changelog.spec()
+        spec = AppSpec(
+            self.id,
+            topics,
+            agents,
+            repartitions,
+            [t.spec() for t in self.tables.values()],
+            list(self.timers),
+        )
+        self._check_copartitioned(spec)
+        return spec
+
+    def _check_copartitioned(self, spec: AppSpec) -> None:
+        counts = {name: spec.topics[name].partitions for name in spec.source_topics()}
+        counts.update({f"table {t.name}": t.partitions for t in spec.tables})
+        if len(set(counts.values())) > 1:
+            raise ConfigurationError(
+                "the app's source topics and tables must have the same number of partitions "
+                f"(co-partitioning), found {counts}"
+            )
+
+    async def _discover(self, agent: Agent) -> Stream:
+        result = agent.fn(Stream(agent.topic, None))
+        try:
+            if inspect.isasyncgen(result):
+                await result.__anext__()
+                await result.aclose()
+                raise ConfigurationError(
+                    f"agent {agent.name!r} yielded before iterating its stream"
+                )
+            await result  # type: ignore[misc]
+        except Discovered as found:
+            if inspect.isasyncgen(result):
+                await result.aclose()
+            return found.stream
+        except StopAsyncIteration:
+            pass
+        raise ConfigurationError(f"agent {agent.name!r} returned without iterating its stream")
+
+    @staticmethod
+    def _runner(agent: Agent, source: Topic) -> Callable[[Any], Any]:
+        def run(inbox: Inbox) -> Any:
+            return agent.fn(Stream(source, inbox))
+
+        return run
+
+    def _attach(self, worker: Worker | None, transport: Transport | None) -> None:
+        self._worker = worker
+        if transport is not None:
+            self._transport = transport
+        for table in self.tables.values():
+            table._attach(None if worker is None else worker.tables[table.name])
+
+    async def run(
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        worker_id: str = "0",
+        settings: Settings | None = None,
+        fault: Callable[[str], None] | None = None,
+    ) -> None:
+        """Run one worker until `stop` is set (commit, leave the group, return)."""
+        settings = settings or self.settings
+        stop = stop or asyncio.Event()
+        spec = await self.build()
+        transport = connect(settings.broker)
+        worker = Worker(spec, transport, settings, worker_id=worker_id, fault=fault)
+        self._attach(worker, transport)
+        clean = False
+        try:
+            await worker.start()
+            await worker.run(stop)
+            clean = True
+        finally:
+            try:
+                await worker.stop(clean=clean)
+            finally:
+                self._attach(None, None)
+                await self.close()
+
+    def testing(self, **overrides: Any) -> Any:
+        """An in-process run for tests: `async with app.testing() as t: await t.send(...);
+        await t.drain()`. Uses a private memory:// broker and an in-memory store unless
+        `broker=` / `state_dir=` are given."""
+        from streams.testing import TestRun
+
+        return TestRun(self, **overrides)
+
+    def main(self, argv: Sequence[str] | None = None) -> None:
+        """`python app.py worker [--loglevel info]`: run a worker until SIGTERM/SIGINT."""
+        parser = argparse.ArgumentParser(prog=f"{self.id}")
+        parser.add_argument("command", choices=["worker"])
+        parser.add_argument("--loglevel", default="info")
+        parser.add_argument("--worker-id", default="0")
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(name)s %(message)s")
+
+        async def serve() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await self.run(stop, worker_id=args.worker_id)
+
+        try:
+            asyncio.run(serve())
+        except AppError as exc:
+            print(f"{self.id}: error: {exc}", file=sys.stderr)
+            sys.exit(1)

@@ -1,0 +1,169 @@
+"""App settings: each declared once, with its default, its environment variable and its doc.
+
+    settings = Settings.resolve("wordcount", {"commit_interval": 0.5})
+    settings.broker          # $STREAMS_BROKER, else the argument, else sqlite:///wordcount.db
+
+An environment variable overrides the value given in code, so one app can be pointed at another
+broker or run at-least-once without editing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from runtime.errors import ConfigurationError
+
+GUARANTEES = ("exactly_once", "at_least_once")
+DECODE_POLICIES = ("skip", "stop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    default: Callable[[str], Any]  # from the app id
+    parse: Callable[[str], Any]
+    doc: str
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {choices}")
+        return text
+
+    return parse
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "broker",
+        "STREAMS_BROKER",
+        lambda app: f"sqlite:///{app}.db",
+        str,
+        "Broker URL: sqlite:///path.db (default, beside the app), memory://, kafka://...",
+    ),
+    Setting(
+        "processing_guarantee",
+        "STREAMS_PROCESSING_GUARANTEE",
+        lambda app: "exactly_once",
+        _choice(GUARANTEES),
+        "exactly_once: outputs, table changes and offsets commit in one transaction; "
+        "at_least_once: no transaction, a crash can repeat work since the last commit.",
+    ),
+    Setting(
+        "commit_interval",
+        "STREAMS_COMMIT_INTERVAL",
+        lambda app: 0.1,
+        _positive(float),
+        "Seconds between commits (Kafka Streams uses 0.1 under exactly-once).",
+    ),
+    Setting(
+        "commit_every",
+        "STREAMS_COMMIT_EVERY",
+        lambda app: 100_000,
+        _positive(int),
+        "Commit at the latest after this many events, even within the interval.",
+    ),
+    Setting(
+        "state_dir",
+        "STREAMS_STATE_DIR",
+        lambda app: f"{app}-state",
+        str,
+        "Directory of the local table stores (a cache of the changelogs).",
+    ),
+    Setting(
+        "max_poll_records",
+        "STREAMS_MAX_POLL_RECORDS",
+        lambda app: 2000,
+        _positive(int),
+        "Records fetched per poll.",
+    ),
+    Setting(
+        "on_decode_error",
+        "STREAMS_ON_DECODE_ERROR",
+        lambda app: "stop",
+        _choice(DECODE_POLICIES),
+        "What to do with a value the codec cannot decode: 'stop' the worker with the "
+        "record's topic/partition/offset, or 'skip' it (logged and counted).",
+    ),
+    Setting(
+        "transaction_timeout_ms",
+        "STREAMS_TRANSACTION_TIMEOUT_MS",
+        lambda app: 60_000,
+        _positive(int),
+        "Transaction timeout; a killed worker's transaction is aborted "
+        "after it, or at once when the worker restarts.",
+    ),
+    Setting(
+        "session_timeout_ms",
+        "STREAMS_SESSION_TIMEOUT_MS",
+        lambda app: 10_000,
+        _positive(int),
+        "A worker that misses heartbeats this long leaves the group.",
+    ),
+    Setting(
+        "default_partitions",
+        "STREAMS_DEFAULT_PARTITIONS",
+        lambda app: 4,
+        _positive(int),
+        "Partitions of topics created without an explicit count.",
+    ),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    broker: str
+    processing_guarantee: str
+    commit_interval: float
+    commit_every: int
+    state_dir: str
+    max_poll_records: int
+    on_decode_error: str
+    transaction_timeout_ms: int
+    session_timeout_ms: int
+    default_partitions: int
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    @classmethod
+    def resolve(
+        cls, app_id: str, given: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        unknown = set(given) - set(_BY_NAME)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown settings {sorted(unknown)}; known: {sorted(_BY_NAME)}"
+            )
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            text = environ.get(setting.env)
+            source = f"${setting.env}"
+            if text is None:
+                if given.get(setting.name) is None:
+                    values[setting.name] = setting.default(app_id)
+                    continue
+                text, source = str(given[setting.name]), setting.name
+            try:
+                values[setting.name] = setting.parse(text)
+            except ValueError as exc:
+                raise ConfigurationError(f"bad {source}={text!r}: {exc}") from exc
+        return cls(**values)
