@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import replace
 from types import TracebackType
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from runtime.errors import AppError
@@ -75,6 +76,19 @@ class TestRun:
 
     async def send(self, topic: Any, value: Any = None, *, key: Any = None, **kwargs: Any) -> Any:
         return await self.app.send(topic, key=key, value=value, **kwargs)
+
+    async def send_many(self, topic: Any, values: Iterable[Any], *, key: Any = None) -> int:
+        """Send many values in batches (much faster than one `send` each)."""
+        declared = self.app.topics[topic if isinstance(topic, str) else topic.name]
+        assert self.transport is not None
+        producer = self.transport.producer()
+        count = 0
+        for value in values:
+            key_bytes, value_bytes = declared.encode(key, value)
+            producer.produce(declared.name, value_bytes, key_bytes)
+            count += 1
+        await producer.close()
+        return count
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Process until every owned partition is read to its end and committed."""
