@@ -9,6 +9,7 @@ import sys
 
 BENCHMARKS = {
     "broker": "benchmarks.broker",
+    "wordcount": "benchmarks.wordcount",
 }
 
 

@@ -76,7 +76,10 @@ class Table:
         return self.state
 
     def __getitem__(self, key: Any) -> Any:
-        return self.state.get(key)
+        state = self._state
+        if state is None:
+            state = self.state  # raises the explanation
+        return state.get(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self.state.get(key, default)
@@ -85,7 +88,10 @@ class Table:
         return self.state.contains(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._writable().set(key, value)
+        state = self._state
+        if state is None or current_agent.get() is None:
+            state = self._writable()  # raises the explanation
+        state.set(key, value)
 
     def __delitem__(self, key: Any) -> None:
         self._writable().delete(key)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import replace
 from types import TracebackType
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from runtime.errors import AppError

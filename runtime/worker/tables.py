@@ -39,7 +39,7 @@ class TableState:
             return self._placement[key]
         except KeyError:
             pass
-        except TypeError:  # unhashable keys are refused by the dict below anyway
+        except TypeError:
             raise TypeError(f"table keys must be hashable, not {type(key).__name__}") from None
         partition = partition_for_key(self.spec.key.encode(key), self.spec.partitions)
         if len(self._placement) >= PARTITION_CACHE_SIZE:
@@ -62,8 +62,10 @@ class TableState:
     # --- reads and writes ---------------------------------------------------------------
 
     def get(self, key: Any, default: Any = MISSING) -> Any:
-        _, rows = self._owned(key)
-        value = rows.get(key, MISSING)
+        try:  # fast path: a key seen before, in a partition we own
+            value = self.partitions[self._placement[key]].get(key, MISSING)
+        except (KeyError, TypeError):
+            value = self._owned(key)[1].get(key, MISSING)
         if value is MISSING:
             if default is not MISSING:
                 return default
@@ -77,8 +79,14 @@ class TableState:
         return key in rows
 
     def set(self, key: Any, value: Any) -> None:
-        partition, rows = self._owned(key)
-        undo = self.undo.setdefault(partition, {})
+        try:  # fast path, as in get()
+            partition = self._placement[key]
+            rows = self.partitions[partition]
+        except (KeyError, TypeError):
+            partition, rows = self._owned(key)
+        undo = self.undo.get(partition)
+        if undo is None:
+            undo = self.undo[partition] = {}
         if key not in undo:
             undo[key] = rows.get(key, MISSING)
         rows[key] = value

@@ -88,6 +88,7 @@ class Worker:
         self._owned: set[int] = set()  # partition numbers whose tables are restored
         self._to_restore: set[int] = set()
         self._timers: list[asyncio.Task[None]] = []
+        self._sink_keys: dict[str, dict[Any, bytes]] = {}  # encoded output keys, per sink
         self.events_processed = 0
         self.decode_errors = 0
         self.started = False
@@ -280,13 +281,18 @@ class Worker:
         """Send an agent's output to its sinks, keyed by the event being processed."""
         event = runner.inbox.current
         key = None if event is None else event.key
+        produce = self.producer.produce
         for name in runner.spec.sinks:
             sink = self.spec.topics[name]
-            self.producer.produce(
-                name,
-                None if output is None else sink.value.encode(output),
-                None if key is None else sink.key.encode(key),
-            )
+            key_bytes = None
+            if key is not None:
+                cache = self._sink_keys.setdefault(name, {})
+                key_bytes = cache.get(key)
+                if key_bytes is None:
+                    if len(cache) >= 100_000:
+                        cache.clear()
+                    key_bytes = cache[key] = sink.key.encode(key)
+            produce(name, None if output is None else sink.value.encode(output), key_bytes)
 
     # --- assignment ---------------------------------------------------------------------
 

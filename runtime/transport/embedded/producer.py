@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from runtime.broker import ProduceBatch
@@ -25,7 +25,6 @@ from runtime.errors import (
     ProducerFencedError,
     StreamsError,
     TransactionAbortedError,
-    UnknownTopicError,
 )
 from runtime.partitioner import Partitioner
 from runtime.transport.base import DeliveryCallback, Producer
@@ -74,7 +73,10 @@ class EmbeddedProducer(Producer):
         self.transaction_timeout_ms = transaction_timeout_ms
         self.linger_s = linger_ms / 1000
         self.batch_size = batch_size
-        self._pending: list[_Pending] = []
+        self._batches: dict[TopicPartition, _Batch] = {}  # records placed on a partition
+        self._unplaced: list[_Pending] = []  # records of topics whose metadata is not cached
+        self._buffered = 0
+        self._partition_counts = transport._partitions
         self._partitioner = Partitioner()
         self._pid: int | None = None
         self._epoch = 0
@@ -112,18 +114,25 @@ class EmbeddedProducer(Producer):
             raise self._fenced
         if self.transactional_id is not None and not self._in_transaction:
             raise InvalidTxnStateError("call begin_transaction() before producing")
-        self._pending.append(
-            (
-                topic,
-                partition,
-                key,
-                value,
-                headers,
-                time.time_ns() // 1_000_000 if timestamp is None else timestamp,
-                on_delivery,
-            )
-        )
-        if len(self._pending) >= self.batch_size:
+        if timestamp is None:
+            timestamp = time.time_ns() // 1_000_000
+        count = self._partition_counts.get(topic)
+        if count is None:
+            self._unplaced.append((topic, partition, key, value, headers, timestamp, on_delivery))
+        else:
+            if partition is None:
+                partition = self._partitioner.partition(topic, key, count)
+            elif partition >= count:
+                raise PartitionOutOfRangeError(
+                    f"partition {partition} out of range for {topic!r} ({count} partitions)"
+                )
+            tp = TopicPartition(topic, partition)
+            batch = self._batches.get(tp)
+            if batch is None:
+                batch = self._batches[tp] = _Batch()
+            batch.add(key, value, timestamp, headers, on_delivery)
+        self._buffered += 1
+        if self._buffered >= self.batch_size:
             self._flush_soon(0)
         elif self._linger is None:
             self._flush_soon(self.linger_s)
@@ -190,66 +199,63 @@ class EmbeddedProducer(Producer):
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        records, self._pending = self._pending, []
-        if not records:
-            return
+        failed = await self._place_unplaced()
+        batches, self._batches = self._batches, {}
+        self._buffered = 0
+        for topic in {tp.topic for tp in batches}:
+            self._partitioner.next_batch(topic)
+        if batches:
+            await self._write(batches)
+        if failed:
+            raise failed
+
+    async def _place_unplaced(self) -> StreamsError | None:
+        """Fetch metadata for topics not seen before and place their records; records of
+        unknown topics fail (their callbacks get the error), the others go on."""
+        records, self._unplaced = self._unplaced, []
+        failed: StreamsError | None = None
+        for topic, partition, key, value, headers, timestamp, callback in records:
+            try:
+                count = await self.transport.partitions_of(topic)
+                if partition is None:
+                    partition = self._partitioner.partition(topic, key, count)
+                elif partition >= count:
+                    raise PartitionOutOfRangeError(
+                        f"partition {partition} out of range for {topic!r} ({count} partitions)"
+                    )
+            except StreamsError as exc:
+                failed = failed or exc
+                if callback is not None:
+                    callback(None, exc)
+                continue
+            tp = TopicPartition(topic, partition)
+            batch = self._batches.get(tp)
+            if batch is None:
+                batch = self._batches[tp] = _Batch()
+            batch.add(key, value, timestamp, headers, callback)
+        return failed
+
+    async def _write(self, batches: dict[TopicPartition, _Batch]) -> None:
         if self._pid is None:
             if self.transactional_id is not None:
-                _fail(records, InvalidTxnStateError("call init_transactions() first"))
-                raise InvalidTxnStateError("call init_transactions() first")
+                error = InvalidTxnStateError("call init_transactions() first")
+                for batch in batches.values():
+                    batch.fail(error)
+                raise error
             self._pid, self._epoch = await self.transport._write(
                 self.transport.broker.init_producer_id
             )
-        columns: dict[TopicPartition, tuple[list[Any], ...]] = {}
-        failed: list[tuple[_Pending, StreamsError]] = []
-        counts: dict[str, int | StreamsError] = {}
-        for record in records:
-            topic, partition, key, value, headers, timestamp, _ = record
-            count = counts.get(topic)
-            if count is None:
-                try:
-                    count = counts[topic] = await self.transport.partitions_of(topic)
-                except UnknownTopicError as exc:
-                    count = counts[topic] = exc
-            if isinstance(count, StreamsError):
-                failed.append((record, count))
-                continue
-            if partition is None:
-                partition = self._partitioner.partition(topic, key, count)
-            elif partition >= count:
-                out_of_range = PartitionOutOfRangeError(
-                    f"partition {partition} out of range for {topic!r} ({count} partitions)"
-                )
-                failed.append((record, out_of_range))
-                continue
-            tp = TopicPartition(topic, partition)
-            batch = columns.get(tp)
-            if batch is None:
-                batch = columns[tp] = ([], [], [], [], [])
-            batch[0].append(key)
-            batch[1].append(value)
-            batch[2].append(timestamp)
-            batch[3].append(headers)
-            batch[4].append(record[6])
-        for topic in counts:
-            self._partitioner.next_batch(topic)
-        for record, error in failed:
-            _fail([record], error)
-        if not columns:
-            if failed:
-                raise failed[0][1]
-            return
-        batches = [
+        requests = [
             ProduceBatch(
                 tp.topic,
                 tp.partition,
                 self._sequences.get(tp, 0),
-                keys,
-                values,
-                timestamps,
-                headers if any(headers) else None,
+                batch.keys,
+                batch.values,
+                batch.timestamps,
+                batch.headers,
             )
-            for tp, (keys, values, timestamps, headers, _) in columns.items()
+            for tp, batch in batches.items()
         ]
         transactional = self.transactional_id is not None
         try:
@@ -257,28 +263,28 @@ class EmbeddedProducer(Producer):
                 self.transport.broker.produce,
                 self._pid,
                 self._epoch,
-                batches,
+                requests,
                 transactional=transactional,
             )
         except StreamsError as exc:
             if isinstance(exc, ProducerFencedError):
                 self._fenced = exc
-            for *_, callbacks in columns.values():
-                for callback in callbacks:
-                    if callback is not None:
-                        callback(None, exc)
+            for batch in batches.values():
+                batch.fail(exc)
             raise
         if transactional:
             self._transaction_written = True
-        for (tp, (_, _, timestamps, _, callbacks)), base in zip(
-            columns.items(), offsets, strict=True
-        ):
-            self._sequences[tp] = self._sequences.get(tp, 0) + len(timestamps)
-            for i, callback in enumerate(callbacks):
-                if callback is not None:
-                    callback(RecordMetadata(tp.topic, tp.partition, base + i, timestamps[i]), None)
-        if failed:
-            raise failed[0][1]
+        for (tp, batch), base in zip(batches.items(), offsets, strict=True):
+            self._sequences[tp] = self._sequences.get(tp, 0) + len(batch.values)
+            batch.delivered(tp, base)
+
+    def _drop_buffered(self, error: BaseException) -> None:
+        for batch in self._batches.values():
+            batch.fail(error)
+        for record in self._unplaced:
+            if record[6] is not None:
+                record[6](None, error)
+        self._batches, self._unplaced, self._buffered = {}, [], 0
 
     # --- transactions -------------------------------------------------------------------
 
@@ -294,8 +300,7 @@ class EmbeddedProducer(Producer):
         if self.transactional_id is None:
             raise InvalidTxnStateError("init_transactions() needs a transactional_id")
         async with self._lock:
-            _fail(self._pending, TransactionAbortedError("producer re-initialised"))
-            self._pending = []
+            self._drop_buffered(TransactionAbortedError("producer re-initialised"))
             self._pid, self._epoch = await self.transport._write(
                 self.transport.broker.init_producer_id,
                 self.transactional_id,
@@ -345,8 +350,7 @@ class EmbeddedProducer(Producer):
         if not self._in_transaction:
             raise InvalidTxnStateError("abort_transaction() with no open transaction")
         async with self._lock:
-            _fail(self._pending, TransactionAbortedError("transaction aborted"))
-            self._pending = []
+            self._drop_buffered(TransactionAbortedError("transaction aborted"))
             if self._linger is not None:
                 self._linger.cancel()
                 self._linger = None
@@ -378,8 +382,47 @@ class EmbeddedProducer(Producer):
             await task
 
 
-def _fail(records: Iterable[_Pending], error: BaseException) -> None:
-    for record in records:
-        callback = record[6]
+class _Batch:
+    """Records buffered for one partition, as the columns the broker stores."""
+
+    __slots__ = ("callbacks", "headers", "keys", "timestamps", "values")
+
+    def __init__(self) -> None:
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes | None] = []
+        self.timestamps: list[int] = []
+        self.headers: list[Headers | None] | None = None
+        self.callbacks: list[tuple[int, DeliveryCallback]] | None = None
+
+    def add(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: int,
+        headers: Headers | None,
+        callback: DeliveryCallback | None,
+    ) -> None:
+        index = len(self.values)
+        self.keys.append(key)
+        self.values.append(value)
+        self.timestamps.append(timestamp)
+        if headers is not None:
+            if self.headers is None:
+                self.headers = [None] * index
+            self.headers.append(headers)
+        elif self.headers is not None:
+            self.headers.append(None)
         if callback is not None:
+            if self.callbacks is None:
+                self.callbacks = []
+            self.callbacks.append((index, callback))
+
+    def delivered(self, tp: TopicPartition, base: int) -> None:
+        for index, callback in self.callbacks or ():
+            callback(
+                RecordMetadata(tp.topic, tp.partition, base + index, self.timestamps[index]), None
+            )
+
+    def fail(self, error: BaseException) -> None:
+        for _, callback in self.callbacks or ():
             callback(None, error)
