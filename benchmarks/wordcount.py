@@ -110,56 +110,83 @@ async def throughput(args: argparse.Namespace, directory: str) -> dict[str, Any]
     }
 
 
-async def latency(args: argparse.Namespace, directory: str, rate: float) -> dict[str, Any]:
-    """Produce at `rate` events/s for `seconds`, measure creation -> committed output."""
-    app = build_app(args.partitions, args.group_by, args.guarantee, args.commit_interval, directory)
-    words = vocabulary()
-    topic = app.topics["words"]
-    seconds = args.latency_seconds
-    latencies: list[float] = []
-    stop = asyncio.Event()
-    run = app.testing(broker=app.settings.broker, state_dir=app.settings.state_dir)
-    async with run:
-        worker = run.worker
-        assert worker is not None and run.transport is not None
+def _generate(url: str, partitions: int, keyed: bool, rate: float, seconds: float) -> None:
+    """Child process: produce words at `rate` per second for `seconds`."""
 
-        async def produce() -> None:
-            producer = run.transport.producer(linger_ms=2)  # type: ignore[union-attr]
+    async def run() -> None:
+        words = vocabulary()
+        rng = random.Random(3)
+        async with connect(url) as transport:
+            producer = transport.producer(linger_ms=1)
             started = time.perf_counter()
             sent = 0
-            while time.perf_counter() - started < seconds:
-                due = int((time.perf_counter() - started) * rate)
-                for _ in range(due - sent):
-                    word = random.choice(words)
-                    producer.produce(
-                        "words",
-                        topic.value.encode(word),
-                        None if args.group_by else topic.key.encode(word),
-                    )
-                sent = due
-                await asyncio.sleep(0.005)
+            while (elapsed := time.perf_counter() - started) < seconds:
+                for _ in range(int(elapsed * rate) - sent):
+                    word = rng.choice(words)
+                    data = word.encode()
+                    producer.produce("words", data, json_key(word) if keyed else None)
+                sent = int(elapsed * rate)
+                await asyncio.sleep(0.002)
             await producer.close()
 
-        async def observe() -> None:
-            reader = run.transport.consumer(isolation=READ_COMMITTED)  # type: ignore[union-attr]
-            await reader.assign([TopicPartition("word-counts", p) for p in range(args.partitions)])
-            while not stop.is_set():
+    asyncio.run(run())
+
+
+def _observe(url: str, partitions: int, seconds: float, results: Any) -> None:
+    """Child process: latency of each committed output = now - its input's create time."""
+
+    async def run() -> None:
+        latencies = []
+        async with connect(url) as transport:
+            reader = transport.consumer(isolation=READ_COMMITTED)
+            await reader.assign([TopicPartition("word-counts", p) for p in range(partitions)])
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
                 batch = await reader.getmany(timeout=0.05)
                 now = time.time() * 1000
                 for records in batch.values():
                     latencies.extend(now - r.timestamp for r in records)
             await reader.close()
+        results.put(latencies)
 
-        async def process() -> None:
-            while not stop.is_set():
-                await worker.poll(0.02)
+    asyncio.run(run())
 
-        producer_task = asyncio.ensure_future(produce())
-        tasks = [asyncio.ensure_future(observe()), asyncio.ensure_future(process())]
-        await producer_task
-        await asyncio.sleep(1.0)
-        stop.set()
-        await asyncio.gather(*tasks)
+
+def json_key(word: str) -> bytes:
+    return b'"' + word.encode() + b'"'
+
+
+async def latency(args: argparse.Namespace, directory: str, rate: float) -> dict[str, Any]:
+    """The worker in this process; input at `rate` events/s from one child process, outputs
+    timed by another, so only the worker runs here."""
+    import multiprocessing
+
+    app = build_app(args.partitions, args.group_by, args.guarantee, args.commit_interval,
+                    directory)
+    seconds = args.latency_seconds
+    url = app.settings.broker
+    run = app.testing(broker=url, state_dir=app.settings.state_dir)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    async with run:
+        worker = run.worker
+        assert worker is not None
+        while not worker.consumer.assignment():
+            await worker.poll(0.05)
+        observer = context.Process(target=_observe,
+                                   args=(url, args.partitions, seconds + 2.0, results))
+        generator = context.Process(target=_generate,
+                                    args=(url, args.partitions, not args.group_by, rate, seconds))
+        observer.start()
+        await asyncio.sleep(1.0)  # the observer process starts up
+        generator.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds + 2.5
+        while loop.time() < deadline:
+            await worker.poll(0.02)
+        latencies: list[float] = await loop.run_in_executor(None, results.get)
+        generator.join()
+        observer.join()
     latencies.sort()
     return {
         "latency_rate_events_per_s": round(rate),

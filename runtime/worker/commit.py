@@ -9,8 +9,9 @@ Under exactly-once, every cycle is one broker transaction:
     4. commit       outputs, changelog and offsets become visible atomically, or not at all
     5. checkpoint   the local store takes the changes and the changelog offsets they reach
 
-Under at-least-once the same steps run without a transaction: step 4 flushes the producer and
-then commits the offsets, so a crash between the two repeats the cycle's events.
+Under at-least-once the same steps run without a transaction: step 3 writes the outputs and
+the changelog (flush), step 4 commits the offsets; a crash between the two repeats the cycle's
+events, so their outputs and table updates are applied twice (the documented difference).
 
 Any failure before step 4 completes: `abort()` aborts the transaction, undoes the tables'
 changes and rewinds the consumer to the committed offsets. A failure in step 5 loses nothing:

@@ -4,7 +4,7 @@ One `Broker` (one SQLite connection) runs on one thread of its own; each broker 
 one hop to that thread, so the event loop never blocks on SQLite and an operation's statements
 are never interleaved with another's. Consumers long-poll: a write through the same connection
 wakes them at once, a commit by another connection or process is seen through
-`PRAGMA data_version`, polled with backoff (2 ms doubling to 50 ms) only while a consumer waits.
+`PRAGMA data_version`, polled with backoff (2 ms doubling to 10 ms) only while a consumer waits.
 
     transport = EmbeddedTransport.open("sqlite:///app.db")
 """
@@ -31,7 +31,7 @@ from runtime.types import PartitionInfo, TopicDescription, TopicPartition
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 POLL_MIN_S = 0.002  # long-poll backoff for commits by other connections
-POLL_MAX_S = 0.05
+POLL_MAX_S = 0.01
 LOCKED_RETRIES = 5
 DEFAULT_MAINTENANCE_INTERVAL_S = 30.0
 
