@@ -56,13 +56,16 @@ class Partitioner:
         self._cache: dict[tuple[bytes, int], int] = {}
         self._cache_size = cache_size
         self._sticky: dict[str, int] = {}
-        self._counter = itertools.count()
+        self._counters: dict[str, itertools.count[int]] = {}
 
     def partition(self, topic: str, key: bytes | None, partitions: int) -> int:
         if key is None:
             current = self._sticky.get(topic)
             if current is None or current >= partitions:
-                current = next(self._counter) % partitions
+                counter = self._counters.get(topic)
+                if counter is None:
+                    counter = self._counters[topic] = itertools.count()
+                current = next(counter) % partitions
                 self._sticky[topic] = current
             return current
         cached = self._cache.get((key, partitions))

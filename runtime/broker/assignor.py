@@ -1,7 +1,7 @@
 """Sticky partition assignment: balanced to within one partition, moving as few as possible.
 
     sticky_assign({"a": ({"words"}, set()), "b": ({"words"}, set())}, {"words": 4})
-    # {"a": {("words", 0), ("words", 1)}, "b": {("words", 2), ("words", 3)}}
+    # {"a": {("words", 0), ("words", 2)}, "b": {("words", 1), ("words", 3)}}
 
 Members are given in join order (older members keep ties). A member only gets partitions of the
 topics it subscribed to.

@@ -125,12 +125,16 @@ def decode_batch(blob: bytes) -> DecodedBatch:
             pos += 4
             raw = orjson.loads(blob[pos : pos + size])
             pos += size
-            headers = [None if h is None else [(k, v.encode("latin-1")) for k, v in h] for h in raw]
+            headers = [
+                None if h is None else [(str(k), v.encode("latin-1")) for k, v in h] for h in raw
+            ]
+            if not isinstance(raw, list) or len(headers) != count:
+                raise ValueError("the headers section does not match the record count")
         keys = _split(blob[pos : pos + key_bytes], key_lengths)
         pos += key_bytes
         values = _split(blob[pos : pos + value_bytes], value_lengths)
         if pos + value_bytes != len(blob):
             raise ValueError("trailing or missing bytes")
-    except (struct.error, ValueError, orjson.JSONDecodeError) as exc:
+    except (struct.error, ValueError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
         raise DatabaseError(f"corrupt record batch in the broker database: {exc}") from exc
     return keys, values, timestamps.tolist(), headers, deltas

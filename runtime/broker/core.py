@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from runtime.broker.groups import GroupDescription, Groups, MemberState
 from runtime.broker.log import Log, Topic
@@ -126,11 +126,12 @@ class Broker:
             raise _storage_error(exc, self.path) from exc
 
     def _run(self, mode: str, operation: Callable[[], T]) -> T:
-        """Run `operation` in one transaction; retry once if a cached topic was deleted or
-        re-created by another connection."""
+        """Run `operation` in one transaction, with topic metadata checked against the
+        database (another connection may have created, deleted or re-created a topic)."""
         for attempt in (0, 1):
             try:
                 with self._transaction(mode):
+                    self.log.refresh()
                     return operation()
             except UnknownTopicError:
                 if attempt:
@@ -263,17 +264,20 @@ class Broker:
     def _validate(self, batch: ProduceBatch) -> int:
         if not isinstance(batch, ProduceBatch):
             raise InvalidRequestError(f"expected a ProduceBatch, not {type(batch).__name__}")
+        columns: list[Sequence[Any]] = [batch.keys, batch.values, batch.timestamps]
+        if batch.headers is not None:
+            columns.append(batch.headers)
+        if not all(isinstance(column, (list, tuple)) for column in columns):
+            raise InvalidRequestError("keys, values, timestamps and headers must be lists")
         count = len(batch.values)
         if count == 0:
             raise InvalidRequestError("a batch needs at least one record")
-        if (
-            len(batch.keys) != count
-            or len(batch.timestamps) != count
-            or (batch.headers is not None and len(batch.headers) != count)
-        ):
+        if any(len(column) != count for column in columns):
             raise InvalidRequestError("keys, values, timestamps and headers differ in length")
         if type(batch.base_seq) is not int:
             raise InvalidRequestError("base_seq must be an integer")
+        if not all(type(ts) is int for ts in batch.timestamps):
+            raise InvalidRequestError("timestamps must be int milliseconds")
         for column in (batch.values, batch.keys):
             for item in column:
                 if item is not None and type(item) is not bytes:
@@ -285,6 +289,18 @@ class Broker:
                         f"a record of {len(item)} bytes exceeds the limit of "
                         f"{self.max_record_bytes} bytes"
                     )
+        for headers in batch.headers or ():
+            if headers is not None and not (
+                isinstance(headers, list)
+                and all(
+                    isinstance(h, tuple)
+                    and len(h) == 2
+                    and type(h[0]) is str
+                    and type(h[1]) is bytes
+                    for h in headers
+                )
+            ):
+                raise InvalidRequestError("headers must be None or a list of (str, bytes) pairs")
         return count
 
     # --- transactions -------------------------------------------------------------------
@@ -302,8 +318,13 @@ class Broker:
                 "send_offsets_to_transaction needs the consumer's group metadata (member id and "
                 "generation), so that a zombie member cannot commit"
             )
-        self._check_offsets(offsets)
-        self._write(lambda now: self.txns.add_offsets(pid, epoch, group, dict(offsets), now))
+        checked = self._check_offsets(offsets)
+
+        def run(now: int) -> None:
+            self._check_partitions(checked)
+            self.txns.add_offsets(pid, epoch, group, checked, now)
+
+        self._write(run)
 
     def expire_transactions(self) -> list[int]:
         """Abort transactions past their timeout now; returns the fenced producer ids."""
@@ -366,6 +387,9 @@ class Broker:
         """ "earliest", "latest" (the LSO under read_committed) or the first offset whose
         timestamp is at or after `spec` (ms); the end offset when none is."""
 
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidRequestError(f"isolation must be one of {ISOLATION_LEVELS}")
+
         def run() -> int:
             tp_id = self.log.tp_id(tp.topic, tp.partition)
             log_start, hw, _ = self.log.offsets(tp_id)
@@ -412,8 +436,13 @@ class Broker:
 
     def commit_offsets(self, group: GroupMetadata, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit consumed offsets outside a transaction, fenced like a transactional one."""
-        self._check_offsets(offsets)
-        self._write(lambda now: self.groups.commit(group, dict(offsets), now))
+        checked = self._check_offsets(offsets)
+
+        def run(now: int) -> None:
+            self._check_partitions(checked)
+            self.groups.commit(group, checked, now)
+
+        self._write(run)
 
     def committed_offsets(
         self, group_id: str, tps: Iterable[TopicPartition], *, require_stable: bool = True
@@ -430,12 +459,20 @@ class Broker:
     def list_groups(self) -> list[str]:
         return self._read(self.groups.list)
 
-    def _check_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+    def _check_offsets(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Offsets as {TopicPartition: next offset}, each naming an existing partition."""
         if not isinstance(offsets, Mapping):
             raise InvalidRequestError("offsets must map TopicPartition to the next offset")
+        checked = {}
         for tp, offset in offsets.items():
             if not isinstance(tp, tuple) or len(tp) != 2 or type(offset) is not int or offset < 0:
                 raise InvalidRequestError(f"bad offset entry {tp!r}: {offset!r}")
+            checked[TopicPartition(*tp)] = offset
+        return checked
+
+    def _check_partitions(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self.log.tp_id(tp.topic, tp.partition)  # UnknownTopicError, PartitionOutOfRange
 
     # --- maintenance --------------------------------------------------------------------
 

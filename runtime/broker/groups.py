@@ -48,6 +48,7 @@ class Member(NamedTuple):
     assignment: frozenset[TopicPartition]
     target: frozenset[TopicPartition]
     revoke_since_ms: int | None
+    acquired: dict[TopicPartition, int]  # generation at which each owned partition was granted
 
 
 class MemberState(NamedTuple):
@@ -69,7 +70,16 @@ class GroupDescription(NamedTuple):
 
 
 def _tps(blob: bytes) -> frozenset[TopicPartition]:
-    return frozenset(TopicPartition(t, p) for t, p in orjson.loads(blob))
+    return frozenset(TopicPartition(t, p) for t, p, *_ in orjson.loads(blob))
+
+
+def _acquired(blob: bytes) -> dict[TopicPartition, int]:
+    """An assignment blob's partitions with the generation each was granted in."""
+    return {TopicPartition(t, p): rest[0] if rest else 0 for t, p, *rest in orjson.loads(blob)}
+
+
+def _assignment_blob(acquired: dict[TopicPartition, int]) -> bytes:
+    return orjson.dumps(sorted([t, p, g] for (t, p), g in acquired.items()))
 
 
 def _blob(tps: Iterable[tuple[str, int]]) -> bytes:
@@ -89,6 +99,7 @@ def _member(row: tuple) -> Member:  # type: ignore[type-arg]
         _tps(row[8]),
         _tps(row[9]),
         row[10],
+        _acquired(row[8]),
     )
 
 
@@ -158,15 +169,18 @@ class Groups:
         for other in members.values():
             if other.member_id != member_id:
                 held_by_others |= other.assignment
-        assignment = set(me.assignment) - set(released)
-        assignment |= set(me.target) - held_by_others
+        gone = set(released)
+        acquired = {tp: g for tp, g in me.acquired.items() if tp not in gone}
+        for tp in me.target - held_by_others - set(acquired):
+            acquired[tp] = generation  # granted now: commits must come from this generation on
+        assignment = set(acquired)
         revoking = frozenset(assignment - me.target)
         revoke_since = (me.revoke_since_ms or now) if revoking else None
         member_generation = me.generation if assignment == me.assignment else generation
         self.conn.execute(
             "UPDATE members SET last_seen_ms = ?, assignment = ?, generation = ?,"
             " revoke_since_ms = ? WHERE group_id = ? AND member_id = ?",
-            (now, _blob(assignment), member_generation, revoke_since, group_id, member_id),
+            (now, _assignment_blob(acquired), member_generation, revoke_since, group_id, member_id),
         )
         pending = bool(me.target - assignment)
         return MemberState(generation, frozenset(assignment), revoking, pending)
@@ -270,12 +284,23 @@ class Groups:
                 f"member {group.member_id!r} is not in group {group.group_id!r}: it was "
                 "removed (session timeout) or left; its commit is rejected"
             )
+        generation = self._generation(group.group_id)
         stray = sorted(set(tps) - me.assignment)
         if stray:
             raise IllegalGenerationError(
                 f"member {group.member_id!r} (generation {group.generation}) does not own "
                 f"{', '.join(f'{t}[{p}]' for t, p in stray)} in generation "
-                f"{self._generation(group.group_id)} of group {group.group_id!r}"
+                f"{generation} of group {group.group_id!r}"
+            )
+        stale = sorted(tp for tp in tps if me.acquired[tp] > group.generation)
+        if stale or group.generation > generation:
+            raise IllegalGenerationError(
+                f"member {group.member_id!r} commits with generation {group.generation}, older "
+                f"than its ownership of {', '.join(f'{t}[{p}]' for t, p in stale)} "
+                f"(group generation {generation}): the commit belongs to a previous ownership"
+                if stale
+                else f"generation {group.generation} is ahead of group {group.group_id!r} "
+                f"(generation {generation})"
             )
         return me
 

@@ -55,6 +55,22 @@ class Log:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._topics: dict[str, Topic] = {}
+        self._topics_version = -1
+
+    def refresh(self) -> None:
+        """Drop cached topic metadata if any connection changed topics since it was read."""
+        row = self.conn.execute("SELECT value FROM counters WHERE name = 'topics'").fetchone()
+        version = 0 if row is None else row[0]
+        if version != self._topics_version:
+            self._topics.clear()
+            self._topics_version = version
+
+    def _topics_changed(self) -> None:
+        self.conn.execute(
+            "INSERT INTO counters VALUES ('topics', 1)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + 1"
+        )
+        self._topics.clear()
 
     # --- topics -------------------------------------------------------------------------
 
@@ -80,6 +96,10 @@ class Log:
         for label, setting in limits:
             if setting is not None and (type(setting) is not int or setting <= 0):
                 raise InvalidRequestError(f"{label} must be a positive integer or None")
+        if type(delete_retention_ms) is not int or delete_retention_ms < 0:
+            raise InvalidRequestError("delete_retention_ms must be a non-negative integer")
+        if not isinstance(compacted, bool):
+            raise InvalidRequestError(f"compacted must be True or False, not {compacted!r}")
         if self.conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
             raise TopicExistsError(f"topic {name!r} already exists")
         cursor = self.conn.execute(
@@ -100,7 +120,7 @@ class Log:
             "INSERT INTO partitions (topic_id, partition) VALUES (?, ?)",
             [(topic_id, p) for p in range(partitions)],
         )
-        self._topics.pop(name, None)
+        self._topics_changed()
         return self.topic(name)
 
     def delete_topic(self, name: str) -> Topic:
@@ -113,7 +133,7 @@ class Log:
         self.conn.execute("DELETE FROM topics WHERE id = ?", (topic.id,))
         self.conn.execute("DELETE FROM offsets WHERE topic = ?", (name,))
         self.conn.execute("DELETE FROM txn_offsets WHERE topic = ?", (name,))
-        self._topics.pop(name, None)
+        self._topics_changed()
         return topic
 
     def topic(self, name: str) -> Topic:
@@ -196,7 +216,7 @@ class Log:
         """Write one batch at the end of the partition; returns its base offset."""
         try:
             payload = encode_batch(keys, values, timestamps, headers)
-        except (TypeError, OverflowError, AttributeError) as exc:
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise InvalidRequestError(
                 f"records must have bytes or None keys and values, int timestamps and "
                 f"[(str, bytes)] headers: {exc}"

@@ -217,8 +217,11 @@ def open_database(
     if not in_memory:
         exists = _check_header(path)
         if exists:
-            # Identify through a read-only connection first: a foreign file is never written.
-            probe = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+            # Identify through an immutable read-only connection first: it takes no locks and
+            # creates no -wal/-shm files, so a foreign file is never touched. (Our own file's
+            # first page may still be in its WAL: then it looks blank here and is identified
+            # again below, under the write lock.)
+            probe = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro&immutable=1", uri=True)
             try:
                 probe.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
                 _identify(probe, path)

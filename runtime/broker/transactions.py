@@ -117,15 +117,16 @@ class Transactions:
             "SELECT epoch, recent FROM sequences WHERE pid = ? AND tp = ?", (pid, tp_id)
         ).fetchone()
         last_seq = base_seq + count - 1
+        expected: int | None = None  # no state for this producer here: any sequence (Kafka)
         if row is not None and row[0] == epoch:
             recent = orjson.loads(row[1])
             for first, last, offset in recent:
                 if first == base_seq and last == last_seq:
                     return int(offset)
             expected = recent[-1][1] + 1
-        else:
-            expected = 0
-        if base_seq != expected:
+        elif row is not None:
+            expected = 0  # a new epoch restarts the sequences at 0
+        if expected is not None and base_seq != expected:
             raise OutOfOrderSequenceError(
                 f"producer {pid} sent sequence {base_seq} for partition id {tp_id}, "
                 f"expected {expected}"
