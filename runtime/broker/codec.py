@@ -3,6 +3,7 @@
 A batch is the unit of storage (one row per batch, as Kafka's log is a sequence of batches). Its
 records are stored column by column so that encoding and decoding are a few C-level calls:
 
+    crc       u32: CRC-32 of everything after it (a flipped bit is an error, not bad data)
     header    <B flags> <i32 count> <u32 keys bytes> <u32 values bytes>
     key lengths    count x i32 (-1 = null)
     value lengths  count x i32 (-1 = null)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import zlib
 from array import array
 from collections.abc import Sequence
 from itertools import accumulate
@@ -36,6 +38,7 @@ DecodedBatch = tuple[
 FLAG_OFFSETS = 0x01
 FLAG_HEADERS = 0x02
 _HEADER = struct.Struct("<BiII")
+_CRC = struct.Struct("<I")
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
@@ -104,14 +107,20 @@ def encode_batch(
     value_data = b"".join([v for v in values if v is not None])
     parts[0] = _HEADER.pack(flags, len(keys), len(key_data), len(value_data))
     parts += [key_data, value_data]
-    return b"".join(parts)
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"".join([_CRC.pack(crc), *parts])
 
 
 def decode_batch(blob: bytes) -> DecodedBatch:
     """Unpack a blob into (keys, values, timestamps, headers or None, offset deltas or None)."""
     try:
-        flags, count, key_bytes, value_bytes = _HEADER.unpack_from(blob)
-        pos = _HEADER.size
+        (crc,) = _CRC.unpack_from(blob)
+        if zlib.crc32(memoryview(blob)[_CRC.size :]) != crc:
+            raise ValueError("checksum mismatch")
+        flags, count, key_bytes, value_bytes = _HEADER.unpack_from(blob, _CRC.size)
+        pos = _CRC.size + _HEADER.size
         key_lengths, pos = _unpack("i", blob, pos, count)
         value_lengths, pos = _unpack("i", blob, pos, count)
         timestamps, pos = _unpack("q", blob, pos, count)

@@ -4,6 +4,7 @@ compaction and offsets by time."""
 from __future__ import annotations
 
 import struct
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
@@ -221,11 +222,23 @@ def test_codec_random_bytes_raise_only_database_error(blob: bytes) -> None:
 
 
 def _with_headers_json(document: bytes) -> bytes:
-    """A one-record batch whose headers section holds `document`."""
-    plain = encode_batch([b"k"], [b"v"], [0])
+    """A one-record batch whose headers section holds `document`, with a valid checksum (so
+    the decoder reaches the headers)."""
+    body = encode_batch([b"k"], [b"v"], [0])[4:]  # without its CRC-32
     prefix = 13 + 4 + 4 + 8  # fixed header, key length, value length, timestamp
-    return (bytes([plain[0] | 0x02]) + plain[1:prefix] + struct.pack("<I", len(document))
-            + document + plain[prefix:])
+    body = (bytes([body[0] | 0x02]) + body[1:prefix] + struct.pack("<I", len(document))
+            + document + body[prefix:])
+    return struct.pack("<I", zlib.crc32(body)) + body
+
+
+def test_codec_detects_a_flipped_bit() -> None:
+    """Every byte of a payload is covered by its checksum: one flipped bit is a DatabaseError."""
+    payload = bytearray(encode_batch([b"key"], [b"value"], [1]))
+    for position in range(len(payload)):
+        corrupt = bytearray(payload)
+        corrupt[position] ^= 0x10
+        with pytest.raises(errors.DatabaseError):
+            decode_batch(bytes(corrupt))
 
 
 @pytest.mark.parametrize("document", [b"[[[", b"[1]", b"[[[1, 2]]]", b"{}"])
