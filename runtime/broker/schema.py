@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
+import time
 
 from runtime.errors import (
     DatabaseError,
@@ -22,7 +24,6 @@ from runtime.errors import (
 
 APPLICATION_ID = 0x5354524D  # "STRM"
 SCHEMA_VERSION = 1
-SQLITE_MAGIC = b"SQLite format 3\x00"
 SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 # Record batch kinds (the `kind` column of `batches`).
@@ -153,24 +154,21 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def _check_header(path: str) -> bool:
-    """True when `path` holds an SQLite database, False when it is absent or empty."""
+def _has_content(path: str) -> bool:
+    """True when `path` is a non-empty file, False when it is absent or empty.
+
+    Never opens the file: closing any descriptor of a file releases every POSIX lock this
+    process holds on it, including those of its SQLite connections (SQLite's "how to corrupt"
+    list), so only SQLite itself may open a broker file."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
+        info = os.stat(path)
     except FileNotFoundError:
         return False
-    except IsADirectoryError as exc:
-        raise NotADatabaseError(f"broker path {path!r} is a directory, not a database") from exc
     except OSError as exc:
         raise DatabaseError(f"cannot read broker database {path!r}: {exc}") from exc
-    if not head:
-        return False
-    if head != SQLITE_MAGIC:
-        raise NotADatabaseError(
-            f"{path!r} is not an SQLite database; give the broker a new path or a file it created"
-        )
-    return True
+    if stat.S_ISDIR(info.st_mode):
+        raise NotADatabaseError(f"broker path {path!r} is a directory, not a database")
+    return info.st_size > 0
 
 
 def _identify(conn: sqlite3.Connection, path: str) -> bool:
@@ -180,7 +178,10 @@ def _identify(conn: sqlite3.Connection, path: str) -> bool:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        raise NotADatabaseError(f"{path!r} is not a readable SQLite database: {exc}") from exc
+        raise NotADatabaseError(
+            f"{path!r} is not an SQLite database ({exc}); give the broker a new path or a file "
+            "it created"
+        ) from exc
     if app_id == 0 and tables == 0:
         return False
     if app_id != APPLICATION_ID:
@@ -203,6 +204,22 @@ def _configure(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int)
     conn.execute("PRAGMA temp_store = MEMORY")
 
 
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switch to WAL mode. While another process is creating the file, SQLite answers "locked"
+    at once instead of waiting for the busy timeout: retry until the timeout."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 def open_database(
     path: str, *, synchronous: str = "normal", busy_timeout_ms: int = 60_000
 ) -> sqlite3.Connection:
@@ -214,19 +231,16 @@ def open_database(
     if synchronous not in SYNCHRONOUS:
         raise DatabaseError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
     in_memory = path == ":memory:"
-    if not in_memory:
-        exists = _check_header(path)
-        if exists:
-            # Identify through an immutable read-only connection first: it takes no locks and
-            # creates no -wal/-shm files, so a foreign file is never touched. (Our own file's
-            # first page may still be in its WAL: then it looks blank here and is identified
-            # again below, under the write lock.)
-            probe = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro&immutable=1", uri=True)
-            try:
-                probe.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-                _identify(probe, path)
-            finally:
-                probe.close()
+    if not in_memory and _has_content(path):
+        # Identify through an immutable read-only connection first: it takes no locks and
+        # creates no -wal/-shm files, so a foreign file is never touched. (Our own file's
+        # first page may still be in its WAL: then it looks blank here and is identified
+        # again below, under the write lock.)
+        probe = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro&immutable=1", uri=True)
+        try:
+            _identify(probe, path)
+        finally:
+            probe.close()
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -234,7 +248,7 @@ def open_database(
     try:
         _configure(conn, synchronous, busy_timeout_ms)
         if not in_memory:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn, busy_timeout_ms)
         conn.execute("BEGIN IMMEDIATE")
         try:
             if not _identify(conn, path):

@@ -157,13 +157,13 @@ class Worker:
             if clean and self.started:
                 await self.commit()
         finally:
+            self.started = False  # from here on, revocations commit nothing
             await self.consumer.close()
             for runner in self.runners:
                 await runner.stop()
             if clean:
                 await self.producer.close()
             await self.store.close()
-            self.started = False
 
     async def _run_timer(self, timer: Any) -> None:
         if timer.interval is None:
