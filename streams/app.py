@@ -246,10 +246,13 @@ class App:
             source = agent.topic
             if stream.group is not None:
                 group = stream.group
+                # A map before group_by may change the value's type: then values travel
+                # as JSON; otherwise with the source topic's own codec.
+                mapped = any(kind == "map" for kind, _ in group.ops_before)
                 target = self.topic(
                     f"{self.id}-{group.name}-repartition",
                     partitions=agent.topic.partitions,
-                    value_type=agent.topic.value,
+                    value_type="json" if mapped else agent.topic.value,
                     internal=True,
                 )
                 repartitions.append(

@@ -10,6 +10,7 @@ broker or run at-least-once without editing it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,8 +33,8 @@ class Setting:
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
-            raise ValueError("must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a positive, finite number")
         return value
 
     return parse
@@ -138,6 +139,21 @@ class Settings:
     transaction_timeout_ms: int
     session_timeout_ms: int
     default_partitions: int
+
+    def override(self, **changes: Any) -> Settings:
+        """A copy with `changes`, each validated like a setting given in code."""
+        unknown = set(changes) - set(_BY_NAME)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown settings {sorted(unknown)}; known: {sorted(_BY_NAME)}"
+            )
+        parsed = {}
+        for name, value in changes.items():
+            try:
+                parsed[name] = _BY_NAME[name].parse(str(value))
+            except ValueError as exc:
+                raise ConfigurationError(f"bad {name}={value!r}: {exc}") from exc
+        return dataclasses.replace(self, **parsed)
 
     @property
     def exactly_once(self) -> bool:

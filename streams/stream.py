@@ -79,24 +79,32 @@ class Stream:
 
     # --- iterating ----------------------------------------------------------------------
 
-    async def _next(self) -> Event:
-        """The next event (after this stream's operations), waiting for the worker if needed."""
+    def _available(self) -> Event | None:
+        """The next event handed over (after this stream's operations), or None when the
+        batch is used up. Never waits."""
         inbox = self._inbox
         if inbox is None:
             raise Discovered(self)
         ops = self.ops
+        while inbox.pos < len(inbox.events):
+            event = inbox.events[inbox.pos]
+            inbox.pos += 1
+            inbox.current = event
+            if not ops:
+                return event
+            try:
+                return event._replace(value=apply_ops(ops, event.value))
+            except Skip:
+                continue
+        return None
+
+    async def _next(self) -> Event:
+        """The next event, waiting for the worker to hand over more when needed."""
         while True:
-            if inbox.pos < len(inbox.events):
-                event = inbox.events[inbox.pos]
-                inbox.pos += 1
-                inbox.current = event
-                if not ops:
-                    return event
-                try:
-                    return event._replace(value=apply_ops(ops, event.value))
-                except Skip:
-                    continue
-            await inbox.wait()
+            event = self._available()
+            if event is not None:
+                return event
+            await self._inbox.wait()  # type: ignore[union-attr]
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return _Values(self)
@@ -123,14 +131,17 @@ class Stream:
             values: list[Any] = []
             deadline = None
             while len(values) < n:
-                if inbox.pos < len(inbox.events):
-                    values.append((await self._next()).value)
+                event = self._available()
+                if event is not None:
+                    values.append(event.value)
                     if deadline is None and within is not None:
                         deadline = time.monotonic() + within
                     continue
                 expired = deadline is not None and time.monotonic() >= deadline
                 if values and (inbox.flushing or expired or within is None):
                     break
+                # Taken values not yet processed are "held": the worker asks for them
+                # (flushing) before it commits, so their offsets never commit first.
                 await inbox.wait(holding=bool(values))
             yield values
 

@@ -17,7 +17,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +38,7 @@ class TestRun:
         self._worker_id = overrides.pop("worker_id", "0")
         overrides.setdefault("broker", f"memory://test-{uuid.uuid4().hex}")
         overrides.setdefault("state_dir", ":memory:")
-        self.settings = replace(app.settings, **overrides)
+        self.settings = app.settings.override(**overrides)
         self.transport: Transport | None = None
         self.worker: Worker | None = None
 
@@ -62,7 +61,12 @@ class TestRun:
             spec, self.transport, self.settings, worker_id=self._worker_id, fault=self._fault
         )
         self.app._attach(self.worker, self.transport)
-        await self.worker.start()
+        try:
+            await self.worker.start()
+        except BaseException:
+            self.app._attach(None, None)
+            await self.transport.close()
+            raise
 
     async def stop(self, clean: bool = True) -> None:
         """Stop the worker: cleanly (commit, leave), or as a crash would (nothing more is

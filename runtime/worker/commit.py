@@ -78,16 +78,18 @@ class CommitCycle:
         self.fault("after_changelog")
 
         # 3. offsets: every owned partition, so a member that lost one cannot commit.
+        #    (at-least-once: write the outputs and the changelog now, the offsets in step 4)
         offsets = {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
         if self.exactly_once:
             await self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+        else:
+            await self.producer.flush()
         self.fault("after_offsets")
 
         # 4. commit.
         if self.exactly_once:
             await self.producer.commit_transaction()
         else:
-            await self.producer.flush()
             await self.consumer.commit(offsets)
         self.open = False
         self.commits += 1

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from runtime.errors import (
+    AgentError,
     ConfigurationError,
     RecordDecodeError,
     StreamsError,
@@ -88,7 +89,9 @@ class Worker:
         self._owned: set[int] = set()  # partition numbers whose tables are restored
         self._to_restore: set[int] = set()
         self._timers: list[asyncio.Task[None]] = []
-        self._sink_keys: dict[str, dict[Any, bytes]] = {}  # encoded output keys, per sink
+        self._sink_keys: dict[
+            str, dict[tuple[type, Any], bytes]
+        ] = {}  # encoded output keys, per sink
         self.events_processed = 0
         self.decode_errors = 0
         self.started = False
@@ -268,11 +271,17 @@ class Worker:
                 value = apply_ops(step.ops, event.value) if step.ops else event.value
             except Skip:
                 continue
-            key = step.key_fn(value)
+            except Exception as exc:
+                raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
+            try:
+                key_bytes = encode_key(step.key_fn(value))
+                value_bytes = encode_value(value)
+            except Exception as exc:
+                raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
             produce(
                 step.target,
-                encode_value(value),
-                encode_key(key),
+                value_bytes,
+                key_bytes,
                 headers=event.headers,
                 timestamp=event.timestamp,
             )
@@ -284,15 +293,25 @@ class Worker:
         produce = self.producer.produce
         for name in runner.spec.sinks:
             sink = self.spec.topics[name]
-            key_bytes = None
-            if key is not None:
-                cache = self._sink_keys.setdefault(name, {})
-                key_bytes = cache.get(key)
-                if key_bytes is None:
-                    if len(cache) >= 100_000:
-                        cache.clear()
-                    key_bytes = cache[key] = sink.key.encode(key)
-            produce(name, None if output is None else sink.value.encode(output), key_bytes)
+            produce(
+                name,
+                None if output is None else sink.value.encode(output),
+                None if key is None else self._sink_key(name, sink, key),
+            )
+
+    def _sink_key(self, name: str, sink: TopicSpec, key: Any) -> bytes:
+        """The encoded output key, cached per sink; by (type, key), since 1, 1.0 and True are
+        equal dict keys but encode differently. Unhashable keys are encoded each time."""
+        cache = self._sink_keys.setdefault(name, {})
+        try:
+            cached = cache.get((type(key), key))
+        except TypeError:
+            return sink.key.encode(key)
+        if cached is None:
+            if len(cache) >= 100_000:
+                cache.clear()
+            cached = cache[(type(key), key)] = sink.key.encode(key)
+        return cached
 
     # --- assignment ---------------------------------------------------------------------
 
@@ -367,6 +386,13 @@ class Worker:
             table.apply_changelog(partition, records)
             count += len(records)
         return count
+
+
+def _event_error(doing: str, event: Event, exc: Exception) -> AgentError:
+    return AgentError(
+        f"{doing} raised {exc!r} at {event.topic}[{event.partition}]@{event.offset} "
+        f"(key {event.key!r})"
+    )
 
 
 __all__ = ["Worker", "WorkerSettings"]
