@@ -241,14 +241,17 @@ class EmbeddedConsumer(Consumer):
                     if tp in self._positions:
                         self._positions[tp] = await self._reset_offset(tp)
                     continue
+                moved = False
+                asked = dict(requests)
                 for tp, result in results.items():
-                    if self._positions.get(tp) != dict(requests)[tp]:
+                    if self._positions.get(tp) != asked[tp]:
                         continue  # seeked or revoked meanwhile
+                    moved |= result.next_offset != asked[tp]
                     self._positions[tp] = result.next_offset
                     if result.records:
                         out[tp] = result.records
-            if out:
-                return out
+                if out or moved:
+                    return out  # also when only control markers moved a position
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return out
