@@ -172,11 +172,20 @@ def _has_content(path: str) -> bool:
 
 
 def _identify(conn: sqlite3.Connection, path: str) -> bool:
-    """True when the database is ours and current; False when it is a blank database."""
+    """True when the database is ours and current; False when it is a blank database.
+
+    Reads page 1 (application id, user version) first, and the schema only when page 1 says
+    "no application": a single page is read atomically even without locks."""
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        tables = 0
+        if app_id == 0:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise DatabaseLockedError(f"{path!r} stayed locked: {exc}") from exc
+        raise NotADatabaseError(f"{path!r} cannot be read as an SQLite database: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         raise NotADatabaseError(
             f"{path!r} is not an SQLite database ({exc}); give the broker a new path or a file "
@@ -195,6 +204,29 @@ def _identify(conn: sqlite3.Connection, path: str) -> bool:
             f"reads schema {SCHEMA_VERSION}. Use the matching streams release, or a new path"
         )
     return True
+
+
+def _probe(path: str, busy_timeout_ms: int) -> None:
+    """Refuse a file that is not ours before opening it for writing.
+
+    First through an immutable read-only connection: it takes no locks and creates no
+    -wal/-shm files, so another program's database is never touched. Without locks it can
+    read pages torn by a concurrent checkpoint of our own file; so when it fails, ask once
+    more through an ordinary read-only connection, which takes the usual locks. (Our own
+    file's first page may still be in its WAL: then it looks blank here and is identified
+    again, under the write lock, by open_database.)"""
+    uri = f"file:{os.path.abspath(path)}?mode=ro"
+    for options in ("&immutable=1", ""):
+        probe = sqlite3.connect(uri + options, uri=True)
+        try:
+            probe.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            _identify(probe, path)
+            return
+        except NotADatabaseError:
+            if options == "":
+                raise
+        finally:
+            probe.close()
 
 
 def _configure(conn: sqlite3.Connection, synchronous: str, busy_timeout_ms: int) -> None:
@@ -232,15 +264,7 @@ def open_database(
         raise DatabaseError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
     in_memory = path == ":memory:"
     if not in_memory and _has_content(path):
-        # Identify through an immutable read-only connection first: it takes no locks and
-        # creates no -wal/-shm files, so a foreign file is never touched. (Our own file's
-        # first page may still be in its WAL: then it looks blank here and is identified
-        # again below, under the write lock.)
-        probe = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro&immutable=1", uri=True)
-        try:
-            _identify(probe, path)
-        finally:
-            probe.close()
+        _probe(path, busy_timeout_ms)
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:

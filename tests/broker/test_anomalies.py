@@ -43,8 +43,9 @@ class FakeClock:
 
 def batch(tp: TopicPartition, seq: int, *values: bytes, ts: int = 0) -> ProduceBatch:
     """A keyless batch of `values` for `tp` starting at producer sequence `seq`."""
-    return ProduceBatch(tp.topic, tp.partition, seq, [None] * len(values), list(values),
-                        [ts] * len(values))
+    return ProduceBatch(
+        tp.topic, tp.partition, seq, [None] * len(values), list(values), [ts] * len(values)
+    )
 
 
 def read_all(
@@ -204,8 +205,7 @@ def zombie(broker: Broker) -> tuple[int, int, GroupMetadata]:
     group = join_and_own(broker, "g", "in")
     broker.commit_offsets(group, {IN0: 3})
     pid, epoch_a = broker.init_producer_id("app-0")
-    broker.produce(pid, epoch_a, [batch(OUT0, 0, b"a0"), batch(OUT1, 0, b"a1")],
-                   transactional=True)
+    broker.produce(pid, epoch_a, [batch(OUT0, 0, b"a0"), batch(OUT1, 0, b"a1")], transactional=True)
     broker.send_offsets_to_transaction(pid, epoch_a, {IN0: 10}, group)
     pid_b, epoch_b = broker.init_producer_id("app-0")
     assert pid_b == pid and epoch_b > epoch_a
@@ -230,8 +230,7 @@ def test_zombie_produce_is_fenced(broker: Broker, zombie: tuple[int, int, GroupM
     before = snapshot(broker)
     for seq, transactional in ((1, True), (0, True), (0, False)):
         with pytest.raises(errors.ProducerFencedError):
-            broker.produce(pid, epoch_a, [batch(OUT0, seq, b"zombie")],
-                           transactional=transactional)
+            broker.produce(pid, epoch_a, [batch(OUT0, seq, b"zombie")], transactional=transactional)
     assert snapshot(broker) == before
 
 
@@ -395,8 +394,9 @@ def test_read_committed_never_sees_aborted_data(
     good, g_epoch = broker.init_producer_id("good", transaction_timeout_ms=60_000)
     plain, p_epoch = broker.init_producer_id()
     broker.produce(plain, p_epoch, [batch(OUT0, 0, b"plain-1")])
-    broker.produce(doomed, d_epoch, [batch(OUT0, 0, b"x1", b"x2"), batch(OUT1, 0, b"x3")],
-                   transactional=True)
+    broker.produce(
+        doomed, d_epoch, [batch(OUT0, 0, b"x1", b"x2"), batch(OUT1, 0, b"x3")], transactional=True
+    )
     broker.produce(good, g_epoch, [batch(OUT0, 0, b"good-1")], transactional=True)
     broker.produce(doomed, d_epoch, [batch(OUT0, 2, b"x4")], transactional=True)
     broker.produce(plain, p_epoch, [batch(OUT0, 1, b"plain-2")])
@@ -609,9 +609,7 @@ def test_removed_member_commits_are_rejected(broker: Broker, clock: FakeClock, h
 
 
 @pytest.fixture
-def pending_zombie(
-    broker: Broker, clock: FakeClock
-) -> tuple[int, int, GroupMetadata]:
+def pending_zombie(broker: Broker, clock: FakeClock) -> tuple[int, int, GroupMetadata]:
     """Member 1 owned in[0] (committed offset 3) and sent offset 10 for it to its open
     transaction, then its session expired and member 2 got in[0]. Returns member 1's producer
     (pid, epoch) and member 2's metadata."""
@@ -672,8 +670,7 @@ def test_send_offsets_without_group_metadata_is_refused(broker: Broker) -> None:
 def open_txn(broker: Broker, clock: FakeClock) -> tuple[int, int]:
     """An open transaction with a 1 s timeout, on out[0] and out[1], started now."""
     pid, epoch = broker.init_producer_id("app-0", transaction_timeout_ms=1_000)
-    broker.produce(pid, epoch, [batch(OUT0, 0, b"t0"), batch(OUT1, 0, b"t1")],
-                   transactional=True)
+    broker.produce(pid, epoch, [batch(OUT0, 0, b"t0"), batch(OUT1, 0, b"t1")], transactional=True)
     assert broker.partition_info("out", 0).last_stable == 0
     return pid, epoch
 
@@ -774,8 +771,9 @@ def test_crash_mid_transaction_is_aborted_by_next_instance(tmp_path: Path) -> No
     plain, p_epoch = crashed.init_producer_id()
     crashed.produce(plain, p_epoch, [batch(OUT0, 0, b"before")])
     pid, epoch = crashed.init_producer_id("app-0")
-    crashed.produce(pid, epoch, [batch(OUT0, 0, b"lost-0"), batch(OUT1, 0, b"lost-1")],
-                    transactional=True)
+    crashed.produce(
+        pid, epoch, [batch(OUT0, 0, b"lost-0"), batch(OUT1, 0, b"lost-1")], transactional=True
+    )
     crashed.produce(plain, p_epoch, [batch(OUT0, 1, b"after")])
     assert values(read_all(crashed, OUT0)) == [b"before"]
     del crashed  # discarded mid-transaction, without close() or end_transaction()

@@ -106,8 +106,10 @@ UNKNOWN_TOPIC_CALLS: dict[str, Callable[[Broker, int, int], Any]] = {
 def test_unknown_topic(broker: Broker, producer: tuple[int, int], operation: str) -> None:
     """An unknown topic is UnknownTopicError naming the topic, for every operation."""
     exc = assert_rejected(
-        broker, lambda: UNKNOWN_TOPIC_CALLS[operation](broker, *producer),
-        errors.UnknownTopicError, "'nope'",
+        broker,
+        lambda: UNKNOWN_TOPIC_CALLS[operation](broker, *producer),
+        errors.UnknownTopicError,
+        "'nope'",
     )
     assert not isinstance(exc, errors.PartitionOutOfRangeError)
     assert exc.kafka_code == 3
@@ -126,8 +128,12 @@ PARTITION_CALLS: dict[str, Callable[[Broker, int, int], Any]] = {
 def test_partition_out_of_range(broker: Broker, producer: tuple[int, int], operation: str) -> None:
     """A partition outside [0, partitions) is PartitionOutOfRangeError giving the range."""
     assert_rejected(
-        broker, lambda: PARTITION_CALLS[operation](broker, *producer),
-        errors.PartitionOutOfRangeError, "out of range", "'t'", "0..2",
+        broker,
+        lambda: PARTITION_CALLS[operation](broker, *producer),
+        errors.PartitionOutOfRangeError,
+        "out of range",
+        "'t'",
+        "0..2",
     )
 
 
@@ -147,8 +153,11 @@ def test_offset_out_of_range(broker: Broker, tp: TopicPartition, offset: Any) ->
     info = broker.partition_info(*tp)
     valid = f"{info.log_start}..{info.high_watermark}"
     exc = assert_rejected(
-        broker, lambda: broker.fetch([(tp, offset)], isolation=READ_COMMITTED),
-        errors.OffsetOutOfRangeError, valid, f"{tp.topic}[{tp.partition}]",
+        broker,
+        lambda: broker.fetch([(tp, offset)], isolation=READ_COMMITTED),
+        errors.OffsetOutOfRangeError,
+        valid,
+        f"{tp.topic}[{tp.partition}]",
     )
     assert tp in exc.args  # the consumer can tell which partition to reset
 
@@ -220,8 +229,9 @@ BAD_BATCHES: dict[str, Any] = {
 def test_wrong_types_in_batch(broker: Broker, producer: tuple[int, int], case: str) -> None:
     """A malformed batch is InvalidRequestError and writes nothing."""
     pid, epoch = producer
-    assert_rejected(broker, lambda: broker.produce(pid, epoch, [BAD_BATCHES[case]]),
-                    errors.InvalidRequestError)
+    assert_rejected(
+        broker, lambda: broker.produce(pid, epoch, [BAD_BATCHES[case]]), errors.InvalidRequestError
+    )
 
 
 @pytest.mark.parametrize("partition", ["0", 0.0, None])
@@ -229,9 +239,12 @@ def test_non_int_partition(broker: Broker, producer: tuple[int, int], partition:
     """A partition that is not an int is rejected with a typed error naming it."""
     pid, epoch = producer
     batch = ProduceBatch("t", partition, 0, [b"k"], [b"v"], [0])
-    assert_rejected(broker, lambda: broker.produce(pid, epoch, [batch]),
-                    (errors.PartitionOutOfRangeError, errors.InvalidRequestError),  # type: ignore[arg-type]
-                    repr(partition))
+    assert_rejected(
+        broker,
+        lambda: broker.produce(pid, epoch, [batch]),
+        (errors.PartitionOutOfRangeError, errors.InvalidRequestError),  # type: ignore[arg-type]
+        repr(partition),
+    )
 
 
 def test_bad_batch_rejects_whole_request(broker: Broker, producer: tuple[int, int]) -> None:
@@ -239,9 +252,13 @@ def test_bad_batch_rejects_whole_request(broker: Broker, producer: tuple[int, in
     pid, epoch = producer
     assert_rejected(
         broker,
-        lambda: broker.produce(pid, epoch, [good(partition=1), good(partition=2),
-                                            ProduceBatch("t", 0, 2, [b"k"], ["v"], [0])]),
-        errors.InvalidRequestError, "bytes",
+        lambda: broker.produce(
+            pid,
+            epoch,
+            [good(partition=1), good(partition=2), ProduceBatch("t", 0, 2, [b"k"], ["v"], [0])],
+        ),
+        errors.InvalidRequestError,
+        "bytes",
     )
 
 
@@ -252,8 +269,13 @@ def test_oversized_record() -> None:
     pid, epoch = broker.init_producer_id()
     for keys, values in (([None], [b"x" * 101]), ([b"k" * 101], [b"v"])):
         batch = ProduceBatch("t", 0, 0, keys, values, [0])
-        assert_rejected(broker, lambda b=batch: broker.produce(pid, epoch, [b]),
-                        errors.RecordTooLargeError, "101", "100")
+        assert_rejected(
+            broker,
+            lambda b=batch: broker.produce(pid, epoch, [b]),
+            errors.RecordTooLargeError,
+            "101",
+            "100",
+        )
     assert broker.produce(pid, epoch, [ProduceBatch("t", 0, 0, [b"k"], [b"x" * 100], [0])]) == [0]
 
 
@@ -261,16 +283,25 @@ def test_oversized_record_default_limit(broker: Broker, producer: tuple[int, int
     """The default limit is 1 MiB per key or value."""
     pid, epoch = producer
     batch = ProduceBatch("t", 1, 0, [None], [b"x" * ((1 << 20) + 1)], [0])
-    assert_rejected(broker, lambda: broker.produce(pid, epoch, [batch]),
-                    errors.RecordTooLargeError, str((1 << 20) + 1))
+    assert_rejected(
+        broker,
+        lambda: broker.produce(pid, epoch, [batch]),
+        errors.RecordTooLargeError,
+        str((1 << 20) + 1),
+    )
 
 
 def test_null_key_on_compacted_topic(broker: Broker, producer: tuple[int, int]) -> None:
     """A record without a key on a compacted topic is InvalidRequestError naming the topic."""
     pid, epoch = producer
     batch = ProduceBatch("c", 0, 0, [b"k", None], [b"v", b"w"], [0, 0])
-    assert_rejected(broker, lambda: broker.produce(pid, epoch, [batch]),
-                    errors.InvalidRequestError, "'c'", "key")
+    assert_rejected(
+        broker,
+        lambda: broker.produce(pid, epoch, [batch]),
+        errors.InvalidRequestError,
+        "'c'",
+        "key",
+    )
 
 
 # --- topic creation -------------------------------------------------------------------------
@@ -281,8 +312,9 @@ def test_null_key_on_compacted_topic(broker: Broker, producer: tuple[int, int]) 
 )
 def test_invalid_topic_name(broker: Broker, name: Any) -> None:
     """An invalid topic name is InvalidTopicError quoting the name; no topic is created."""
-    assert_rejected(broker, lambda: broker.create_topic(name, 1),
-                    errors.InvalidTopicError, repr(name))
+    assert_rejected(
+        broker, lambda: broker.create_topic(name, 1), errors.InvalidTopicError, repr(name)
+    )
 
 
 def test_valid_topic_name_edges(broker: Broker) -> None:
@@ -295,8 +327,12 @@ def test_valid_topic_name_edges(broker: Broker) -> None:
 @pytest.mark.parametrize("partitions", [0, -1, 10_001, "3", 2.0, True, None])
 def test_invalid_partition_count(broker: Broker, partitions: Any) -> None:
     """A partition count outside 1..10000 or not an int is InvalidPartitionsError."""
-    assert_rejected(broker, lambda: broker.create_topic("new", partitions),
-                    errors.InvalidPartitionsError, repr(partitions))
+    assert_rejected(
+        broker,
+        lambda: broker.create_topic("new", partitions),
+        errors.InvalidPartitionsError,
+        repr(partitions),
+    )
 
 
 @pytest.mark.parametrize(
@@ -317,14 +353,16 @@ def test_invalid_partition_count(broker: Broker, partitions: Any) -> None:
 def test_invalid_topic_settings(broker: Broker, settings: dict[str, Any]) -> None:
     """An invalid retention setting is InvalidRequestError naming it; no topic is created."""
     (label,) = settings
-    assert_rejected(broker, lambda: broker.create_topic("new", 1, **settings),
-                    errors.InvalidRequestError, label)
+    assert_rejected(
+        broker, lambda: broker.create_topic("new", 1, **settings), errors.InvalidRequestError, label
+    )
 
 
 def test_duplicate_topic(broker: Broker) -> None:
     """Creating an existing topic is TopicExistsError; the existing topic is untouched."""
-    assert_rejected(broker, lambda: broker.create_topic("t", 5, compacted=True),
-                    errors.TopicExistsError, "'t'")
+    assert_rejected(
+        broker, lambda: broker.create_topic("t", 5, compacted=True), errors.TopicExistsError, "'t'"
+    )
     assert broker.describe_topic("t").partitions == 3
     assert not broker.describe_topic("t").compacted
 
@@ -352,44 +390,74 @@ NO_MEMBER = GroupMetadata("g", -1, "")
 
 # case -> (setup giving a producer's pid and epoch, the bad call, the error it must raise)
 OTHER_BAD_CALLS: dict[str, tuple[Setup, Call, type[BaseException]]] = {
-    "isolation level": (_idempotent, lambda b, pid, e: b.fetch([(T0, 0)], isolation="dirty"),
-                        errors.InvalidRequestError),
-    "max_records 0": (_idempotent, lambda b, pid, e: b.fetch([(T0, 0)], max_records=0),
-                      errors.InvalidRequestError),
-    "list_offset spec": (_idempotent, lambda b, pid, e: b.list_offset(T0, "middle"),
-                         errors.InvalidRequestError),
-    "list_offset float": (_idempotent, lambda b, pid, e: b.list_offset(T0, 1.5),
-                          errors.InvalidRequestError),
-    "list_offset isolation level": (
-        _idempotent, lambda b, pid, e: b.list_offset(T0, "latest", "dirty"),
+    "isolation level": (
+        _idempotent,
+        lambda b, pid, e: b.fetch([(T0, 0)], isolation="dirty"),
         errors.InvalidRequestError,
     ),
-    "transaction timeout 0": (_idempotent, lambda b, pid, e: b.init_producer_id("x", 0),
-                              errors.InvalidTransactionTimeoutError),
-    "transaction timeout too long": (
-        _idempotent, lambda b, pid, e: b.init_producer_id("x", 900_001),
+    "max_records 0": (
+        _idempotent,
+        lambda b, pid, e: b.fetch([(T0, 0)], max_records=0),
+        errors.InvalidRequestError,
+    ),
+    "list_offset spec": (
+        _idempotent,
+        lambda b, pid, e: b.list_offset(T0, "middle"),
+        errors.InvalidRequestError,
+    ),
+    "list_offset float": (
+        _idempotent,
+        lambda b, pid, e: b.list_offset(T0, 1.5),
+        errors.InvalidRequestError,
+    ),
+    "list_offset isolation level": (
+        _idempotent,
+        lambda b, pid, e: b.list_offset(T0, "latest", "dirty"),
+        errors.InvalidRequestError,
+    ),
+    "transaction timeout 0": (
+        _idempotent,
+        lambda b, pid, e: b.init_producer_id("x", 0),
         errors.InvalidTransactionTimeoutError,
     ),
-    "empty transactional id": (_idempotent, lambda b, pid, e: b.init_producer_id(""),
-                               errors.InvalidRequestError),
-    "unknown producer id": (_idempotent, lambda b, pid, e: b.produce(pid + 100, 0, [good(1)]),
-                            errors.UnknownProducerIdError),
-    "future epoch": (_idempotent, lambda b, pid, e: b.produce(pid, e + 1, [good(1)]),
-                     errors.InvalidProducerEpochError),
+    "transaction timeout too long": (
+        _idempotent,
+        lambda b, pid, e: b.init_producer_id("x", 900_001),
+        errors.InvalidTransactionTimeoutError,
+    ),
+    "empty transactional id": (
+        _idempotent,
+        lambda b, pid, e: b.init_producer_id(""),
+        errors.InvalidRequestError,
+    ),
+    "unknown producer id": (
+        _idempotent,
+        lambda b, pid, e: b.produce(pid + 100, 0, [good(1)]),
+        errors.UnknownProducerIdError,
+    ),
+    "future epoch": (
+        _idempotent,
+        lambda b, pid, e: b.produce(pid, e + 1, [good(1)]),
+        errors.InvalidProducerEpochError,
+    ),
     "transactional batch without transactional id": (
-        _idempotent, lambda b, pid, e: b.produce(pid, e, [good(1)], transactional=True),
+        _idempotent,
+        lambda b, pid, e: b.produce(pid, e, [good(1)], transactional=True),
         errors.InvalidTxnStateError,
     ),
     "end_transaction of idempotent producer": (
-        _idempotent, lambda b, pid, e: b.end_transaction(pid, e, commit=True),
+        _idempotent,
+        lambda b, pid, e: b.end_transaction(pid, e, commit=True),
         errors.InvalidTxnStateError,
     ),
     "end_transaction with no open transaction": (
-        _idle_transactional, lambda b, pid, e: b.end_transaction(pid, e, commit=True),
+        _idle_transactional,
+        lambda b, pid, e: b.end_transaction(pid, e, commit=True),
         errors.InvalidTxnStateError,
     ),
     "plain write during a transaction": (
-        _open_transaction, lambda b, pid, e: b.produce(pid, e, [good(2)]),
+        _open_transaction,
+        lambda b, pid, e: b.produce(pid, e, [good(2)]),
         errors.InvalidTxnStateError,
     ),
     "send_offsets without member": (
@@ -403,21 +471,30 @@ OTHER_BAD_CALLS: dict[str, tuple[Setup, Call, type[BaseException]]] = {
         errors.InvalidTxnStateError,
     ),
     "negative committed offset": (
-        _idempotent, lambda b, pid, e: b.commit_offsets(NO_MEMBER, {T0: -5}),
+        _idempotent,
+        lambda b, pid, e: b.commit_offsets(NO_MEMBER, {T0: -5}),
         errors.InvalidRequestError,
     ),
     "offsets not a mapping": (
-        _idempotent, lambda b, pid, e: b.commit_offsets(NO_MEMBER, [(T0, 1)]),
+        _idempotent,
+        lambda b, pid, e: b.commit_offsets(NO_MEMBER, [(T0, 1)]),
         errors.InvalidRequestError,
     ),
-    "empty group id": (_idempotent, lambda b, pid, e: b.join_group("", ["t"]),
-                       errors.InvalidRequestError),
+    "empty group id": (
+        _idempotent,
+        lambda b, pid, e: b.join_group("", ["t"]),
+        errors.InvalidRequestError,
+    ),
     "zero session timeout": (
-        _idempotent, lambda b, pid, e: b.join_group("g", ["t"], session_timeout_ms=0),
+        _idempotent,
+        lambda b, pid, e: b.join_group("g", ["t"], session_timeout_ms=0),
         errors.InvalidRequestError,
     ),
-    "heartbeat of unknown member": (_idempotent, lambda b, pid, e: b.heartbeat("g", "nobody"),
-                                    errors.UnknownMemberIdError),
+    "heartbeat of unknown member": (
+        _idempotent,
+        lambda b, pid, e: b.heartbeat("g", "nobody"),
+        errors.UnknownMemberIdError,
+    ),
 }
 
 

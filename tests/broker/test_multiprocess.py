@@ -443,9 +443,7 @@ class Child:
         self.name = name
         self.stderr_path = workdir / f"{name}.stderr"
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, str(script), *args],
@@ -545,8 +543,7 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     children: list[Child] = []
 
     def start(role: str, *args: object, name: str | None = None) -> Child:
-        child = Child(script, [role, *map(str, args)], tmp_path,
-                      name or f"{role}-{len(children)}")
+        child = Child(script, [role, *map(str, args)], tmp_path, name or f"{role}-{len(children)}")
         children.append(child)
         return child
 
@@ -785,7 +782,10 @@ def test_sigkilled_transaction_is_aborted_by_the_next_init(db: str, spawn: Spawn
         plain = spawn("write", db, topic, "-", "0,1,2,3", 2, "plain").expect("DONE")
         txn = spawn("write", db, topic, "other-txn", "0,1,2,3", 2, "other").expect("DONE")
         assert {int(p): o for p, o in plain["offsets"].items()} == {
-            0: [5, 6], 1: [5, 6], 2: [5, 6], 3: [2, 3]
+            0: [5, 6],
+            1: [5, 6],
+            2: [5, 6],
+            3: [2, 3],
         }
         committed = read_all(b, topic, range(4), READ_COMMITTED)
         for p in range(3):
@@ -793,9 +793,9 @@ def test_sigkilled_transaction_is_aborted_by_the_next_init(db: str, spawn: Spawn
             assert b.partition_info(topic, p).last_stable == first[p]
         assert tags(committed[3]) == ["before"] * 2 + ["plain"] * 2 + ["other"] * 2
         uncommitted = read_all(b, topic, range(4), READ_UNCOMMITTED)
-        assert tags(uncommitted[0]) == ["before"] * 2 + ["victim"] * 3 + ["plain"] * 2 + [
-            "other"
-        ] * 2
+        assert (
+            tags(uncommitted[0]) == ["before"] * 2 + ["victim"] * 3 + ["plain"] * 2 + ["other"] * 2
+        )
 
         # The next instance of the transactional id aborts the transaction.
         reinit = spawn("init", db, "victim").expect("INIT")
@@ -817,8 +817,12 @@ def test_sigkilled_transaction_is_aborted_by_the_next_init(db: str, spawn: Spawn
 
         # The killed instance is fenced.
         with pytest.raises(errors.ProducerFencedError):
-            b.produce(opened["pid"], opened["epoch"],
-                      [ProduceBatch(topic, 0, 3, [b"k"], [b"zombie"], [0])], transactional=True)
+            b.produce(
+                opened["pid"],
+                opened["epoch"],
+                [ProduceBatch(topic, 0, 3, [b"k"], [b"zombie"], [0])],
+                transactional=True,
+            )
         with pytest.raises(errors.ProducerFencedError):
             b.end_transaction(opened["pid"], opened["epoch"], commit=True)
         assert all(
@@ -859,15 +863,21 @@ def test_sigkilled_transaction_is_aborted_by_its_timeout(
 
         committed = read_all(frozen, topic, range(4), READ_COMMITTED)
         assert {p: tags(r) for p, r in committed.items()} == {p: ["before"] * 2 for p in range(4)}
-        res = frozen.fetch([(TopicPartition(topic, p), 2) for p in range(4)],
-                           isolation=READ_COMMITTED)
+        res = frozen.fetch(
+            [(TopicPartition(topic, p), 2) for p in range(4)], isolation=READ_COMMITTED
+        )
         for tp, r in res.items():
             assert r.records == []
             assert r.last_stable == first.get(tp.partition, r.high_watermark)
         pid, epoch = frozen.init_producer_id()
-        frozen.produce(pid, epoch, [ProduceBatch(topic, p, 0, [b"k"],
-                                                 [json.dumps({"tag": "during"}).encode()],
-                                                 [0]) for p in range(4)])
+        frozen.produce(
+            pid,
+            epoch,
+            [
+                ProduceBatch(topic, p, 0, [b"k"], [json.dumps({"tag": "during"}).encode()], [0])
+                for p in range(4)
+            ],
+        )
         assert tags(read_all(frozen, topic, [0], READ_COMMITTED)[0]) == ["before"] * 2
 
         # Past the deadline, nothing happens until someone reads or writes (partition_info
@@ -900,26 +910,31 @@ def test_sigkilled_transaction_is_aborted_by_its_timeout(
             assert info.last_stable == info.high_watermark, info
         committed = read_all(b, topic, range(4), READ_COMMITTED)
         for p in range(4):
-            expected = ["before"] * 2 + ["during"] + (["trigger"] if trigger == "write" and p == 3
-                                                     else [])
+            expected = (
+                ["before"] * 2 + ["during"] + (["trigger"] if trigger == "write" and p == 3 else [])
+            )
             assert tags(committed[p]) == expected, p
         uncommitted = read_all(b, topic, range(4), READ_UNCOMMITTED)
         for p, off in first.items():
             assert [r.offset for r in uncommitted[p] if tags([r]) == ["victim"]] == [
-                off, off + 1, off + 2
+                off,
+                off + 1,
+                off + 2,
             ]
             # the abort marker sits after the "during" record: one offset with no record
             info = b.partition_info(topic, p)
             assert info.high_watermark == len(uncommitted[p]) + 1
 
         with pytest.raises(errors.ProducerFencedError):
-            b.produce(opened["pid"], opened["epoch"],
-                      [ProduceBatch(topic, 0, 3, [b"k"], [b"zombie"], [0])], transactional=True)
+            b.produce(
+                opened["pid"],
+                opened["epoch"],
+                [ProduceBatch(topic, 0, 3, [b"k"], [b"zombie"], [0])],
+                transactional=True,
+            )
         reinit = spawn("init", db, "victim").expect("INIT")
         assert reinit["pid"] == opened["pid"] and reinit["epoch"] > opened["epoch"] + 1
-        assert tags(read_all(b, topic, range(4), READ_COMMITTED)[0]) == ["before"] * 2 + [
-            "during"
-        ]
+        assert tags(read_all(b, topic, range(4), READ_COMMITTED)[0]) == ["before"] * 2 + ["during"]
         check_file(db)
     finally:
         b.close()
@@ -932,9 +947,7 @@ def test_sigkilled_transaction_is_aborted_by_its_timeout(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["commit", "produce"])
-def test_sigkill_inside_a_write_leaves_nothing_half_done(
-    db: str, spawn: Spawn, mode: str
-) -> None:
+def test_sigkill_inside_a_write_leaves_nothing_half_done(db: str, spawn: Spawn, mode: str) -> None:
     topic = "t"
     # a short busy timeout: a write waiting for the hung child gives up quickly
     b = Broker(db, busy_timeout_ms=300)
@@ -970,8 +983,11 @@ def test_sigkill_inside_a_write_leaves_nothing_half_done(
         }
 
         # The next instance aborts what is open; the victim's records are never visible.
-        b.produce(pid, epoch, [ProduceBatch(topic, 0, 0, [b"k"],
-                                            [json.dumps({"tag": "after"}).encode()], [0])])
+        b.produce(
+            pid,
+            epoch,
+            [ProduceBatch(topic, 0, 0, [b"k"], [json.dumps({"tag": "after"}).encode()], [0])],
+        )
         reinit = spawn("init", db, "victim").expect("INIT")
         assert reinit["pid"] == opened["pid"] and reinit["epoch"] > opened["epoch"]
         committed = read_all(b, topic, range(4), READ_COMMITTED)
@@ -1008,8 +1024,9 @@ def test_random_sigkills_of_a_transactional_loop_lose_and_duplicate_nothing(
         b.create_topic(topic, 2)
         starts = []
         for round_no in range(8):
-            child = spawn("loop", db, topic, txn_id, f"r{round_no}", side, -1,
-                          name=f"loop{round_no}")
+            child = spawn(
+                "loop", db, topic, txn_id, f"r{round_no}", side, -1, name=f"loop{round_no}"
+            )
             if rng.random() < 0.25:
                 time.sleep(rng.uniform(0.0, 0.2))  # possibly before or during init
             else:
@@ -1053,8 +1070,10 @@ def test_random_sigkills_of_a_transactional_loop_lose_and_duplicate_nothing(
             for v in (json.loads(r.value) for r in uncommitted[p])
         }
         visible = {(vs[0]["run"], n) for n, vs in by_txn.items()}
-        print(f"{end} transactions committed, {len(attempts - visible)} attempts aborted after"
-              f" a kill, {len(reported)} reported")
+        print(
+            f"{end} transactions committed, {len(attempts - visible)} attempts aborted after"
+            f" a kill, {len(reported)} reported"
+        )
         for p in (0, 1):
             info = b.partition_info(topic, p)
             assert info.last_stable == info.high_watermark
@@ -1081,8 +1100,16 @@ def test_file_stays_valid_after_random_sigkills_of_a_busy_writer(
     steady = spawn("slow_writer", db, topic, "0,1,2,3", 700, name="steady")
     steady.expect("STARTED")
     for round_no in range(6):
-        child = spawn("churn", db, topic, txn_id, f"r{round_no}", rng.randrange(2**32), side,
-                      name=f"churn{round_no}")
+        child = spawn(
+            "churn",
+            db,
+            topic,
+            txn_id,
+            f"r{round_no}",
+            rng.randrange(2**32),
+            side,
+            name=f"churn{round_no}",
+        )
         child.expect("STARTED")
         time.sleep(rng.uniform(0.02, 0.25))
         child.sigkill()
@@ -1091,9 +1118,15 @@ def test_file_stays_valid_after_random_sigkills_of_a_busy_writer(
         fresh = Broker(db, busy_timeout_ms=10_000)
         try:
             pid, epoch = fresh.init_producer_id()
-            fresh.produce(pid, epoch, [ProduceBatch(topic, 0, 0, [b"probe"],
-                                                    [json.dumps({"probe": round_no}).encode()],
-                                                    [0])])
+            fresh.produce(
+                pid,
+                epoch,
+                [
+                    ProduceBatch(
+                        topic, 0, 0, [b"probe"], [json.dumps({"probe": round_no}).encode()], [0]
+                    )
+                ],
+            )
             assert time.monotonic() - started < 5, "a write waited for the killed process"
             assert fresh.conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         finally:
@@ -1140,8 +1173,10 @@ def test_file_stays_valid_after_random_sigkills_of_a_busy_writer(
         }
         assert reported <= set(visible), f"committed transactions lost (seed {seed})"
         assert set(visible) <= attempts
-        print(f"{len(visible)} transactions visible, {len(reported)} reported, "
-              f"{len(attempts - set(visible))} aborted")
+        print(
+            f"{len(visible)} transactions visible, {len(reported)} reported, "
+            f"{len(attempts - set(visible))} aborted"
+        )
         assert len(reported) > 0
     finally:
         b.close()
@@ -1160,9 +1195,7 @@ def test_processes_opening_a_new_file_at_once(tmp_path: Path, spawn: Spawn) -> N
     for round_no in range(10):
         path = str(tmp_path / f"fresh{round_no}.db")
         start_at = time.time() + 0.6
-        openers = [
-            spawn("open", path, start_at, i, name=f"open{round_no}-{i}") for i in range(6)
-        ]
+        openers = [spawn("open", path, start_at, i, name=f"open{round_no}-{i}") for i in range(6)]
         reports = []
         for opener in openers:
             opener.expect("WAITING")
@@ -1190,8 +1223,12 @@ def test_processes_opening_a_new_file_at_once(tmp_path: Path, spawn: Spawn) -> N
             records = read_all(b, "t", range(4), READ_COMMITTED)
             for r in reports:
                 keys = {x.key for x in records[r["partition"]]}
-                assert {f"open-{i}-{j}".encode() for i in range(6) if i % 4 == r["partition"]
-                        for j in range(5)} <= keys
+                assert {
+                    f"open-{i}-{j}".encode()
+                    for i in range(6)
+                    if i % 4 == r["partition"]
+                    for j in range(5)
+                } <= keys
         finally:
             b.close()
         check_file(path)
@@ -1246,13 +1283,19 @@ def test_two_brokers_in_one_process_stay_in_sync_with_other_processes(
         spawn("write", db, topic, "-", "0", 2, "child1").expect("DONE")
         spawn("write", db, topic, "-", "0", 2, "child2").expect("DONE")
         pid, epoch = first.init_producer_id()
-        offset = first.produce(pid, epoch, [ProduceBatch(topic, 0, 0, [b"k"],
-                                                         [json.dumps({"tag": "parent"}).encode()],
-                                                         [0])])[0]
+        offset = first.produce(
+            pid,
+            epoch,
+            [ProduceBatch(topic, 0, 0, [b"k"], [json.dumps({"tag": "parent"}).encode()], [0])],
+        )[0]
         assert offset == 4
         seen = spawn("reader", db, topic, "0").expect("SEEN")
         assert [json.loads(line[3])["tag"] for line in seen["records"][0]] == [
-            "child1", "child1", "child2", "child2", "parent"
+            "child1",
+            "child1",
+            "child2",
+            "child2",
+            "parent",
         ], "another process does not see what this process committed"
         spawn("write", db, topic, "-", "0", 2, "child3").expect("DONE")
         expected = ["child1"] * 2 + ["child2"] * 2 + ["parent"] + ["child3"] * 2

@@ -28,8 +28,9 @@ from runtime.broker.schema import ABORT_MARKER, ABORTED, COMMIT_MARKER
 from runtime.partitioner import Partitioner, murmur2, partition_for_key
 from runtime.types import Record, TopicPartition
 
-FAST = settings(max_examples=60, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 class FakeClock:
@@ -40,8 +41,13 @@ class FakeClock:
         return self.now
 
 
-def read_all(broker: Broker, tp: TopicPartition, isolation: str = READ_UNCOMMITTED,
-             start: int | None = None, page: int = 1000) -> list[Record]:
+def read_all(
+    broker: Broker,
+    tp: TopicPartition,
+    isolation: str = READ_UNCOMMITTED,
+    start: int | None = None,
+    page: int = 1000,
+) -> list[Record]:
     """Records from `start` (default: the log start) to the end, following next_offset."""
     offset = broker.partition_info(*tp).log_start if start is None else start
     records: list[Record] = []
@@ -85,8 +91,7 @@ def test_murmur2_matches_kafka_test_vectors(data: bytes, expected: int) -> None:
 
 @pytest.mark.parametrize(
     ("key", "expected"),
-    [(b"", 681), (b"a", 524), (b"ab", 434), (b"abc", 107), (b"123456789", 566),
-     (b"\x00 ", 742)],
+    [(b"", 681), (b"a", 524), (b"ab", 434), (b"abc", 107), (b"123456789", 566), (b"\x00 ", 742)],
 )
 def test_partition_for_key_matches_java_client(key: bytes, expected: int) -> None:
     """A key lands on the partition the Java client picks, with 1000 partitions."""
@@ -166,8 +171,7 @@ def batches(draw: st.DrawFn) -> tuple[list, list, list, list | None, list[int] |
     keys = draw(st.lists(maybe_bytes, min_size=count, max_size=count))
     values = draw(st.lists(maybe_bytes, min_size=count, max_size=count))
     timestamps = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=count, max_size=count))
-    headers = draw(st.none() | st.lists(st.none() | header_lists, min_size=count,
-                                        max_size=count))
+    headers = draw(st.none() | st.lists(st.none() | header_lists, min_size=count, max_size=count))
     deltas = None
     if draw(st.booleans()):
         gaps = draw(st.lists(st.integers(1, 1000), min_size=count - 1, max_size=count - 1))
@@ -226,8 +230,13 @@ def _with_headers_json(document: bytes) -> bytes:
     the decoder reaches the headers)."""
     body = encode_batch([b"k"], [b"v"], [0])[4:]  # without its CRC-32
     prefix = 13 + 4 + 4 + 8  # fixed header, key length, value length, timestamp
-    body = (bytes([body[0] | 0x02]) + body[1:prefix] + struct.pack("<I", len(document))
-            + document + body[prefix:])
+    body = (
+        bytes([body[0] | 0x02])
+        + body[1:prefix]
+        + struct.pack("<I", len(document))
+        + document
+        + body[prefix:]
+    )
     return struct.pack("<I", zlib.crc32(body)) + body
 
 
@@ -269,14 +278,21 @@ TOPICS = ("a", "b", "c")
 def groups(draw: st.DrawFn, homogeneous: bool = False) -> tuple[dict, dict[str, int]]:
     """(members: id -> (topics, currently held), partition counts) with arbitrary, possibly
     invalid or overlapping current holdings."""
-    counts = {t: draw(st.integers(1, 12)) for t in draw(
-        st.lists(st.sampled_from(TOPICS), min_size=1, max_size=3, unique=True))}
+    counts = {
+        t: draw(st.integers(1, 12))
+        for t in draw(st.lists(st.sampled_from(TOPICS), min_size=1, max_size=3, unique=True))
+    }
     n = draw(st.integers(1, 6))
     all_topics = frozenset(counts) | (frozenset({"gone"}) if draw(st.booleans()) else frozenset())
     members = {}
     for i in range(n):
-        topics = all_topics if homogeneous else frozenset(
-            draw(st.lists(st.sampled_from(sorted(all_topics)), min_size=1, unique=True)))
+        topics = (
+            all_topics
+            if homogeneous
+            else frozenset(
+                draw(st.lists(st.sampled_from(sorted(all_topics)), min_size=1, unique=True))
+            )
+        )
         held = draw(st.sets(st.tuples(st.sampled_from(TOPICS), st.integers(-1, 13)), max_size=8))
         members[f"m{i}"] = (topics, held)
     return members, counts
@@ -374,10 +390,20 @@ def test_assignor_older_member_wins_ties() -> None:
 R0 = TopicPartition("r", 0)
 
 
-def produce_one(broker: Broker, pid: int, epoch: int, seq: int, value: bytes, ts: int,
-                tp: TopicPartition = R0, transactional: bool = False) -> int:
+def produce_one(
+    broker: Broker,
+    pid: int,
+    epoch: int,
+    seq: int,
+    value: bytes,
+    ts: int,
+    tp: TopicPartition = R0,
+    transactional: bool = False,
+) -> int:
     return broker.produce(
-        pid, epoch, [ProduceBatch(tp.topic, tp.partition, seq, [b"k"], [value], [ts])],
+        pid,
+        epoch,
+        [ProduceBatch(tp.topic, tp.partition, seq, [b"k"], [value], [ts])],
         transactional=transactional,
     )[0]
 
@@ -406,8 +432,11 @@ def test_retention_by_time_deletes_only_whole_batches() -> None:
     broker = Broker(clock=clock)
     broker.create_topic("r", 1, retention_ms=1_000)
     pid, epoch = broker.init_producer_id()
-    broker.produce(pid, epoch, [ProduceBatch("r", 0, 0, [None, None], [b"old", b"new"],
-                                             [clock.now - 10_000, clock.now])])
+    broker.produce(
+        pid,
+        epoch,
+        [ProduceBatch("r", 0, 0, [None, None], [b"old", b"new"], [clock.now - 10_000, clock.now])],
+    )
     broker.maintain()
     assert broker.partition_info("r", 0).log_start == 0
     assert [r.value for r in read_all(broker, R0)] == [b"old", b"new"]
@@ -479,12 +508,22 @@ def compacted_broker(clock: FakeClock, delete_retention_ms: int = 86_400_000) ->
     return broker
 
 
-def put(broker: Broker, pid: int, epoch: int, seq: int,
-        pairs: Sequence[tuple[bytes, bytes | None]], transactional: bool = False) -> int:
+def put(
+    broker: Broker,
+    pid: int,
+    epoch: int,
+    seq: int,
+    pairs: Sequence[tuple[bytes, bytes | None]],
+    transactional: bool = False,
+) -> int:
     keys = [k for k, _ in pairs]
     vals = [v for _, v in pairs]
-    return broker.produce(pid, epoch, [ProduceBatch("c", 0, seq, keys, vals, [0] * len(keys))],
-                          transactional=transactional)[0]
+    return broker.produce(
+        pid,
+        epoch,
+        [ProduceBatch("c", 0, seq, keys, vals, [0] * len(keys))],
+        transactional=transactional,
+    )[0]
 
 
 def triples(records: Sequence[Record]) -> list[tuple[int, bytes | None, bytes | None]]:
@@ -506,8 +545,13 @@ def compacted() -> Broker:
     return broker
 
 
-EXPECTED_COMPACTED = [(4, b"b", None), (5, b"a", b"3"), (6, b"d", b"1"), (7, b"c", b"2"),
-                      (8, b"e", b"1")]
+EXPECTED_COMPACTED = [
+    (4, b"b", None),
+    (5, b"a", b"3"),
+    (6, b"d", b"1"),
+    (7, b"c", b"2"),
+    (8, b"e", b"1"),
+]
 
 
 def test_compaction_keeps_latest_value_per_key_at_its_offset(compacted: Broker) -> None:
@@ -590,9 +634,14 @@ def latest_per_key(records: Sequence[Record]) -> dict[bytes | None, tuple[int, b
 operations = st.lists(
     st.tuples(
         st.sampled_from(["plain", "commit", "abort", "open"]),
-        st.lists(st.tuples(st.sampled_from([b"a", b"b", b"c", b"d"]),
-                           st.one_of(st.none(), st.binary(min_size=1, max_size=3))),
-                 min_size=1, max_size=4),
+        st.lists(
+            st.tuples(
+                st.sampled_from([b"a", b"b", b"c", b"d"]),
+                st.one_of(st.none(), st.binary(min_size=1, max_size=3)),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
     ),
     max_size=12,
 )
@@ -638,15 +687,26 @@ def timed() -> Broker:
     broker.create_topic("l", 1)
     pid, epoch = broker.init_producer_id()
     for seq, ts in ((0, [100, 200]), (2, [200, 300]), (4, [50])):
-        broker.produce(pid, epoch, [ProduceBatch("l", 0, seq, [None] * len(ts),
-                                                 [b"x"] * len(ts), ts)])
+        broker.produce(
+            pid, epoch, [ProduceBatch("l", 0, seq, [None] * len(ts), [b"x"] * len(ts), ts)]
+        )
     return broker
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [(0, 0), (100, 0), (101, 1), (150, 1), (200, 1), (201, 3), (300, 3), (301, 5),
-     (EARLIEST, 0), (LATEST, 5)],
+    [
+        (0, 0),
+        (100, 0),
+        (101, 1),
+        (150, 1),
+        (200, 1),
+        (201, 3),
+        (300, 3),
+        (301, 5),
+        (EARLIEST, 0),
+        (LATEST, 5),
+    ],
 )
 def test_list_offset(timed: Broker, spec: str | int, expected: int) -> None:
     """list_offset: the first offset with timestamp >= spec (else the end), earliest, latest."""
@@ -656,8 +716,9 @@ def test_list_offset(timed: Broker, spec: str | int, expected: int) -> None:
 def test_list_offset_read_committed_stops_at_lso(timed: Broker) -> None:
     """Under read_committed, latest and timestamp lookups never pass the LSO."""
     pid, epoch = timed.init_producer_id("tx")
-    timed.produce(pid, epoch, [ProduceBatch("l", 0, 0, [None], [b"t"], [1_000])],
-                  transactional=True)
+    timed.produce(
+        pid, epoch, [ProduceBatch("l", 0, 0, [None], [b"t"], [1_000])], transactional=True
+    )
     assert timed.list_offset(L0, LATEST, READ_COMMITTED) == 5
     assert timed.list_offset(L0, LATEST, READ_UNCOMMITTED) == 6
     assert timed.list_offset(L0, 1_000, READ_COMMITTED) == 5
