@@ -62,3 +62,40 @@ def sticky_assign(
             if moved:
                 break
     return result
+
+
+def copartitioned_assign(
+    members: Mapping[str, tuple[Set[str], Set[TP]]],
+    partitions: Mapping[str, int],
+) -> dict[str, set[TP]]:
+    """Like `sticky_assign`, but partition p of co-partitioned topics (same partition count,
+    same subscribers) always goes to one member, as Kafka Streams assigns tasks: a worker
+    that owns partition p of a stream owns partition p of its repartition topic and tables.
+
+    Balance (within one unit) and stickiness hold within each co-partitioned group."""
+    subscribers: dict[str, tuple[str, ...]] = {
+        topic: tuple(m for m in members if topic in members[m][0]) for topic in partitions
+    }
+    units: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+    for topic in sorted(partitions):
+        if subscribers[topic]:
+            units.setdefault((partitions[topic], subscribers[topic]), []).append(topic)
+    # One pseudo-topic per co-partitioned group; its partition p stands for p of each topic.
+    pseudo = {f"group-{i}": topics for i, topics in enumerate(units.values())}
+    group_of = {topic: name for name, topics in pseudo.items() for topic in topics}
+    pseudo_members = {
+        member: (
+            {group_of[t] for t in topics if t in group_of},
+            {(group_of[t], p) for t, p in held if t in group_of},
+        )
+        for member, (topics, held) in members.items()
+    }
+    result: dict[str, set[TP]] = {member: set() for member in members}
+    for name, topics in pseudo.items():  # balanced within each group, like Kafka's range
+        units_held = sticky_assign(pseudo_members, {name: partitions[topics[0]]})
+        for member, held in units_held.items():
+            result[member] |= {(topic, p) for _, p in held for topic in topics}
+    return result
+
+
+ASSIGNORS = {"sticky": sticky_assign, "copartitioned": copartitioned_assign}

@@ -97,7 +97,7 @@ def encode_batch(
     if offset_deltas is not None:
         flags |= FLAG_OFFSETS
         parts.append(_pack("i", offset_deltas))
-    if headers is not None and any(headers):
+    if headers is not None and any(h is not None for h in headers):
         flags |= FLAG_HEADERS
         encoded = orjson.dumps(
             [None if h is None else [[k, v.decode("latin-1")] for k, v in h] for h in headers]

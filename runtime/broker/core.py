@@ -230,6 +230,8 @@ class Broker:
             offsets = []
             for batch in batches:
                 count = self._validate(batch)
+                if pid != NO_PRODUCER and batch.base_seq < 0:
+                    raise InvalidRequestError("an idempotent batch needs a sequence >= 0")
                 tp_id = self.log.tp_id(batch.topic, batch.partition)
                 if self.log.topic(batch.topic).compacted and None in batch.keys:
                     raise InvalidRequestError(
@@ -274,8 +276,8 @@ class Broker:
             raise InvalidRequestError("a batch needs at least one record")
         if any(len(column) != count for column in columns):
             raise InvalidRequestError("keys, values, timestamps and headers differ in length")
-        if type(batch.base_seq) is not int:
-            raise InvalidRequestError("base_seq must be an integer")
+        if type(batch.base_seq) is not int or batch.base_seq < NO_PRODUCER:
+            raise InvalidRequestError("base_seq must be a non-negative integer (or -1)")
         if not all(type(ts) is int for ts in batch.timestamps):
             raise InvalidRequestError("timestamps must be int milliseconds")
         for column in (batch.values, batch.keys):
@@ -417,11 +419,20 @@ class Broker:
         client_id: str = "streams",
         session_timeout_ms: int = 10_000,
         rebalance_timeout_ms: int = 60_000,
+        assignor: str = "sticky",
     ) -> tuple[str, int]:
+        """Join a group; `assignor` is "sticky" (balanced per partition) or "copartitioned"
+        (partition p of co-partitioned topics to one member, for stream processing)."""
         topics = list(topics)
         return self._write(
             lambda now: self.groups.join(
-                group_id, topics, client_id, session_timeout_ms, rebalance_timeout_ms, now
+                group_id,
+                topics,
+                client_id,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                now,
+                assignor,
             )
         )
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import orjson
 
-from runtime.broker.assignor import sticky_assign
+from runtime.broker.assignor import ASSIGNORS, sticky_assign
 from runtime.errors import (
     IllegalGenerationError,
     InvalidRequestError,
@@ -32,7 +32,7 @@ from runtime.types import GroupMetadata, TopicPartition
 
 MEMBER_COLUMNS = (
     "member_id, client_id, topics, session_timeout_ms, rebalance_timeout_ms, joined_ms,"
-    " last_seen_ms, generation, assignment, target, revoke_since_ms"
+    " last_seen_ms, generation, assignment, target, revoke_since_ms, assignor"
 )
 
 
@@ -48,6 +48,7 @@ class Member(NamedTuple):
     assignment: frozenset[TopicPartition]
     target: frozenset[TopicPartition]
     revoke_since_ms: int | None
+    assignor: str
     acquired: dict[TopicPartition, int]  # generation at which each owned partition was granted
 
 
@@ -99,6 +100,7 @@ def _member(row: tuple) -> Member:  # type: ignore[type-arg]
         _tps(row[8]),
         _tps(row[9]),
         row[10],
+        row[11],
         _acquired(row[8]),
     )
 
@@ -117,9 +119,14 @@ class Groups:
         session_timeout_ms: int,
         rebalance_timeout_ms: int,
         now: int,
+        assignor: str = "sticky",
     ) -> tuple[str, int]:
         if not isinstance(group_id, str) or not group_id:
             raise InvalidRequestError("group_id must be a non-empty string")
+        if assignor not in ASSIGNORS:
+            raise InvalidRequestError(
+                f"unknown assignor {assignor!r}: use one of {sorted(ASSIGNORS)}"
+            )
         topic_list = sorted(set(topics))
         if not all(isinstance(t, str) for t in topic_list):
             raise InvalidRequestError("subscribed topics must be strings")
@@ -133,7 +140,7 @@ class Groups:
         self.conn.execute("INSERT OR IGNORE INTO groups VALUES (?, 0, ?)", (group_id, now))
         self.conn.execute(
             f"INSERT INTO members (group_id, {MEMBER_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?)",
             (
                 group_id,
                 member_id,
@@ -145,6 +152,7 @@ class Groups:
                 now,
                 b"[]",
                 b"[]",
+                assignor,
             ),
         )
         generation = self._rebalance(group_id, now)
@@ -249,7 +257,9 @@ class Groups:
         """Compute new targets for every member; returns the new generation."""
         members = self._members(group_id)
         counts = self._partition_counts(t for m in members.values() for t in m.topics)
-        targets = sticky_assign(
+        # The group's oldest member chooses the strategy (Kafka: the leader's choice).
+        assign = ASSIGNORS[next(iter(members.values())).assignor] if members else sticky_assign
+        targets = assign(
             {m.member_id: (m.topics, {(t, p) for t, p in m.target}) for m in members.values()},
             counts,
         )

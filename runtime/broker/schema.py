@@ -130,6 +130,7 @@ CREATE TABLE members (
     assignment BLOB NOT NULL,
     target BLOB NOT NULL,
     revoke_since_ms INTEGER,
+    assignor TEXT NOT NULL DEFAULT 'sticky',
     PRIMARY KEY (group_id, member_id)
 ) WITHOUT ROWID;
 CREATE TABLE offsets (

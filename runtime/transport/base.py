@@ -219,7 +219,10 @@ class Transport(abc.ABC):
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 1_000,
         rebalance_timeout_ms: int = 60_000,
-    ) -> Consumer: ...
+        assignor: str = "sticky",
+    ) -> Consumer:
+        """A consumer; `assignor="copartitioned"` gives partition p of topics with equal
+        partition counts to one member (what stream processing with tables needs)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

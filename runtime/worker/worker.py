@@ -118,6 +118,7 @@ class Worker:
             isolation=READ_COMMITTED,
             client_id=f"{self.spec.app_id}-{self.worker_id}",
             session_timeout_ms=self.settings.session_timeout_ms,
+            assignor="copartitioned",  # partition p of every app topic, and of its tables
         )
         self.cycle = CommitCycle(
             self.producer,

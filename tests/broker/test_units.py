@@ -188,8 +188,11 @@ def test_codec_round_trip(batch: tuple) -> None:
     int64 timestamp, headers, offset deltas."""
     keys, values, timestamps, headers, deltas = batch
     decoded = decode_batch(encode_batch(keys, values, timestamps, headers, deltas))
-    # A batch in which no record has a header stores none: it decodes to headers None.
-    expected_headers = headers if headers is not None and any(headers) else None
+    # A batch in which no record has headers (all None) stores none: it decodes to None. An
+    # empty header list is a value, kept as [].
+    expected_headers = (
+        headers if headers is not None and any(h is not None for h in headers) else None
+    )
     assert decoded == (keys, values, timestamps, expected_headers, deltas)
     assert [type(k) for k in decoded[0]] == [type(k) for k in keys]  # b"" is not None
 

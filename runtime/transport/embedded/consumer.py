@@ -58,6 +58,7 @@ class EmbeddedConsumer(Consumer):
         session_timeout_ms: int,
         heartbeat_interval_ms: int,
         rebalance_timeout_ms: int,
+        assignor: str = "sticky",
     ) -> None:
         if isolation not in (READ_COMMITTED, READ_UNCOMMITTED):
             raise ConfigurationError(
@@ -73,6 +74,7 @@ class EmbeddedConsumer(Consumer):
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_s = heartbeat_interval_ms / 1000
         self.rebalance_timeout_ms = rebalance_timeout_ms
+        self.assignor = assignor
         self._positions: dict[TopicPartition, int] = {}
         self._topics: list[str] = []
         self._on_assign: RebalanceCallback | None = None
@@ -111,6 +113,7 @@ class EmbeddedConsumer(Consumer):
             client_id=self.client_id,
             session_timeout_ms=self.session_timeout_ms,
             rebalance_timeout_ms=self.rebalance_timeout_ms,
+            assignor=self.assignor,
         )
         self._state = await self.transport._write(broker.heartbeat, self.group_id, self._member_id)
         self._lost = False

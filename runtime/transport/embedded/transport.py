@@ -260,6 +260,7 @@ class EmbeddedTransport(Transport):
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 1_000,
         rebalance_timeout_ms: int = 60_000,
+        assignor: str = "sticky",
     ) -> EmbeddedConsumer:
         return EmbeddedConsumer(
             self,
@@ -270,6 +271,7 @@ class EmbeddedTransport(Transport):
             session_timeout_ms,
             heartbeat_interval_ms,
             rebalance_timeout_ms,
+            assignor,
         )
 
     async def close(self) -> None:
