@@ -120,17 +120,7 @@ class EmbeddedProducer(Producer):
         if count is None:
             self._unplaced.append((topic, partition, key, value, headers, timestamp, on_delivery))
         else:
-            if partition is None:
-                partition = self._partitioner.partition(topic, key, count)
-            elif partition >= count:
-                raise PartitionOutOfRangeError(
-                    f"partition {partition} out of range for {topic!r} ({count} partitions)"
-                )
-            tp = TopicPartition(topic, partition)
-            batch = self._batches.get(tp)
-            if batch is None:
-                batch = self._batches[tp] = _Batch()
-            batch.add(key, value, timestamp, headers, on_delivery)
+            self._place(count, topic, partition, key, value, headers, timestamp, on_delivery)
         self._buffered += 1
         if self._buffered >= self.batch_size:
             self._flush_soon(0)
@@ -214,26 +204,38 @@ class EmbeddedProducer(Producer):
         unknown topics fail (their callbacks get the error), the others go on."""
         records, self._unplaced = self._unplaced, []
         failed: StreamsError | None = None
-        for topic, partition, key, value, headers, timestamp, callback in records:
+        for record in records:
             try:
-                count = await self.transport.partitions_of(topic)
-                if partition is None:
-                    partition = self._partitioner.partition(topic, key, count)
-                elif partition >= count:
-                    raise PartitionOutOfRangeError(
-                        f"partition {partition} out of range for {topic!r} ({count} partitions)"
-                    )
+                self._place(await self.transport.partitions_of(record[0]), *record)
             except StreamsError as exc:
                 failed = failed or exc
-                if callback is not None:
-                    callback(None, exc)
-                continue
-            tp = TopicPartition(topic, partition)
-            batch = self._batches.get(tp)
-            if batch is None:
-                batch = self._batches[tp] = _Batch()
-            batch.add(key, value, timestamp, headers, callback)
+                if record[6] is not None:
+                    record[6](None, exc)
         return failed
+
+    def _place(
+        self,
+        count: int,
+        topic: str,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        timestamp: int,
+        callback: DeliveryCallback | None,
+    ) -> None:
+        """Add a record to its partition's batch (`count`: the topic's partitions)."""
+        if partition is None:
+            partition = self._partitioner.partition(topic, key, count)
+        elif partition >= count:
+            raise PartitionOutOfRangeError(
+                f"partition {partition} out of range for {topic!r} ({count} partitions)"
+            )
+        tp = TopicPartition(topic, partition)
+        batch = self._batches.get(tp)
+        if batch is None:
+            batch = self._batches[tp] = _Batch()
+        batch.add(key, value, timestamp, headers, callback)
 
     async def _write(self, batches: dict[TopicPartition, _Batch]) -> None:
         if self._pid is None:
