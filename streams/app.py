@@ -335,16 +335,17 @@ class App:
         self,
         stop: asyncio.Event | None = None,
         *,
-        worker_id: str = "0",
+        slot: int | None = None,
         settings: Settings | None = None,
         fault: Callable[[str], None] | None = None,
     ) -> None:
-        """Run one worker until `stop` is set (commit, leave the group, return)."""
+        """Run one worker until `stop` is set (commit, leave the group, return). The worker
+        claims a free slot of the state dir (`slot` first): its stable identity."""
         settings = settings or self.settings
         stop = stop or asyncio.Event()
         spec = await self.build()
         transport = connect(settings.broker)
-        worker = Worker(spec, transport, settings, worker_id=worker_id, fault=fault)
+        worker = Worker(spec, transport, settings, slot=slot, fault=fault)
         self._attach(worker, transport)
         clean = False
         try:
@@ -371,7 +372,7 @@ class App:
         parser = argparse.ArgumentParser(prog=f"{self.id}")
         parser.add_argument("command", choices=["worker"])
         parser.add_argument("--loglevel", default="info")
-        parser.add_argument("--worker-id", default="0")
+        parser.add_argument("--slot", type=int, default=None)
         args = parser.parse_args(argv)
         logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(name)s %(message)s")
 
@@ -380,7 +381,7 @@ class App:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            await self.run(stop, worker_id=args.worker_id)
+            await self.run(stop, slot=args.slot)
 
         try:
             asyncio.run(serve())

@@ -4,6 +4,8 @@
     streams send words hello --key greeting
     streams tail words --from-beginning --isolation read_committed
     streams groups describe wordcount
+    streams worker examples.wordcount:app --workers 3
+    streams table examples.wordcount:app counts
 
 Every command takes `--broker URL` (default: $STREAMS_BROKER or sqlite:///streams.db). Errors
 are one line on stderr and a non-zero exit code; `--debug` shows the traceback.
@@ -13,14 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import json
+import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.errors import StreamsError
+from runtime.errors import ConfigurationError, StreamsError
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
+from runtime.worker.supervisor import Supervisor
+from streams.app import App
 
 DEFAULT_BROKER = "sqlite:///streams.db"
 
@@ -61,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--max", type=int, help="stop after this many records")
     tail.add_argument("--idle", type=float, help="stop after this many seconds with no record")
+
+    worker = commands.add_parser("worker", help="run worker processes of an app")
+    worker.add_argument(
+        "app", help="MODULE:ATTRIBUTE of a streams.App, e.g. examples.wordcount:app"
+    )
+    worker.add_argument("--workers", type=int, default=1)
+    worker.add_argument("--loglevel", default="info")
+    worker.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+
+    table = commands.add_parser("table", help="print a table's rows, read from its changelog")
+    table.add_argument("app", help="MODULE:ATTRIBUTE of a streams.App")
+    table.add_argument("table")
 
     groups = commands.add_parser("groups", help="list groups, or describe one")
     group_commands = groups.add_subparsers(dest="action", required=True)
@@ -169,23 +189,116 @@ async def _groups(broker: Transport, args: argparse.Namespace) -> None:
         )
 
 
+def load_app(target: str) -> App:
+    """The streams.App named by "module:attribute" (attribute defaults to "app")."""
+    module_name, _, attribute = target.partition(":")
+    attribute = attribute or "app"
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:
+        raise ConfigurationError(f"importing {module_name!r} failed: {exc!r}") from exc
+    app = getattr(module, attribute, None)
+    if app is None:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}")
+    if not isinstance(app, App):
+        raise ConfigurationError(f"{target!r} is a {type(app).__name__}, not a streams.App")
+    return app
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if args.broker:
+        os.environ["STREAMS_BROKER"] = args.broker  # the app's settings read it
+    app = load_app(args.app)
+    if args.workers < 1:
+        raise ConfigurationError("--workers must be at least 1")
+    logging.basicConfig(
+        level=args.loglevel.upper(),
+        format=f"%(asctime)s {app.id}[{'supervisor' if args.child is None else args.child}]"
+        " %(levelname)s %(name)s: %(message)s",
+    )
+    if args.child is None:
+        command = [sys.executable, "-m", "streams.cli"]
+        if args.debug:
+            command.append("--debug")
+
+        def child(slot: int) -> list[str]:
+            return [*command, "worker", args.app, "--loglevel", args.loglevel, "--child", str(slot)]
+
+        return Supervisor(child, args.workers).run()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await app.run(stop, slot=args.child)
+
+    asyncio.run(serve())
+    return 0
+
+
+async def _table(args: argparse.Namespace) -> None:
+    app = load_app(args.app)
+    table = app.tables.get(args.table)
+    if table is None:
+        raise ConfigurationError(
+            f"app {app.id!r} has no table {args.table!r} (tables: {sorted(app.tables)})"
+        )
+    url = args.broker or app.settings.broker
+    async with connect(url) as broker:
+        reader = broker.consumer(isolation=READ_COMMITTED)
+        tps = [TopicPartition(table.changelog_topic, p) for p in range(table.partitions)]
+        await broker.describe_topic(table.changelog_topic)  # UnknownTopicError if never run
+        await reader.assign(tps)
+        ends = await reader.end_offsets(tps)
+        rows: dict[bytes, bytes] = {}
+        while any(reader.position(tp) < end for tp, end in ends.items()):
+            for records in (await reader.getmany(timeout=1.0, max_records=10_000)).values():
+                for record in records:
+                    if record.key is None:
+                        continue
+                    if record.value is None:
+                        rows.pop(record.key, None)
+                    else:
+                        rows[record.key] = record.value
+        await reader.close()
+    for key, value in sorted(rows.items()):
+        print(
+            f"{json.dumps(table.key.decode(key), default=str)}\t"
+            f"{json.dumps(table.value.decode(value), default=str)}"
+        )
+
+
 async def _run(args: argparse.Namespace) -> None:
+    if args.command == "table":
+        await _table(args)
+        return
     handlers: dict[str, Any] = {
         "topics": _topics,
         "send": _send,
         "tail": _tail,
         "groups": _groups,
     }
-    async with connect(args.broker) as broker:
+    url = args.broker or os.environ.get("STREAMS_BROKER", DEFAULT_BROKER)
+    async with connect(url) as broker:
         await handlers[args.command](broker, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "worker":
+            return _worker(args)
         asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `streams tail t | head`: the reader is gone, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (StreamsError, OSError) as exc:
         if args.debug:
             raise

@@ -420,9 +420,11 @@ class Broker:
         session_timeout_ms: int = 10_000,
         rebalance_timeout_ms: int = 60_000,
         assignor: str = "sticky",
+        instance_id: str | None = None,
     ) -> tuple[str, int]:
         """Join a group; `assignor` is "sticky" (balanced per partition) or "copartitioned"
-        (partition p of co-partitioned topics to one member, for stream processing)."""
+        (partition p of co-partitioned topics to one member, for stream processing). A static
+        `instance_id` replaces a previous member with that id at once (a restarted worker)."""
         topics = list(topics)
         return self._write(
             lambda now: self.groups.join(
@@ -433,6 +435,7 @@ class Broker:
                 rebalance_timeout_ms,
                 now,
                 assignor,
+                instance_id,
             )
         )
 

@@ -32,7 +32,7 @@ from runtime.types import GroupMetadata, TopicPartition
 
 MEMBER_COLUMNS = (
     "member_id, client_id, topics, session_timeout_ms, rebalance_timeout_ms, joined_ms,"
-    " last_seen_ms, generation, assignment, target, revoke_since_ms, assignor"
+    " last_seen_ms, generation, assignment, target, revoke_since_ms, assignor, instance_id"
 )
 
 
@@ -49,6 +49,7 @@ class Member(NamedTuple):
     target: frozenset[TopicPartition]
     revoke_since_ms: int | None
     assignor: str
+    instance_id: str | None
     acquired: dict[TopicPartition, int]  # generation at which each owned partition was granted
 
 
@@ -101,6 +102,7 @@ def _member(row: tuple) -> Member:  # type: ignore[type-arg]
         _tps(row[9]),
         row[10],
         row[11],
+        row[12],
         _acquired(row[8]),
     )
 
@@ -120,7 +122,11 @@ class Groups:
         rebalance_timeout_ms: int,
         now: int,
         assignor: str = "sticky",
+        instance_id: str | None = None,
     ) -> tuple[str, int]:
+        """Add a member. With a static `instance_id` (Kafka's group.instance.id), a member
+        with the same id is replaced at once: the newcomer takes over its partitions with no
+        rebalance, and the predecessor is fenced (its commits get UnknownMemberIdError)."""
         if not isinstance(group_id, str) or not group_id:
             raise InvalidRequestError("group_id must be a non-empty string")
         if assignor not in ASSIGNORS:
@@ -138,9 +144,34 @@ class Groups:
                 raise InvalidRequestError(f"{label} must be a positive integer")
         member_id = f"{client_id}-{uuid.uuid4().hex[:12]}"
         self.conn.execute("INSERT OR IGNORE INTO groups VALUES (?, 0, ?)", (group_id, now))
+        if instance_id is not None:
+            previous = self.conn.execute(
+                "SELECT member_id, topics FROM members WHERE group_id = ? AND instance_id = ?",
+                (group_id, instance_id),
+            ).fetchone()
+            if previous is not None:
+                self.conn.execute(
+                    "UPDATE members SET member_id = ?, client_id = ?, topics = ?,"
+                    " session_timeout_ms = ?, rebalance_timeout_ms = ?, last_seen_ms = ?,"
+                    " revoke_since_ms = NULL, assignor = ? WHERE group_id = ? AND member_id = ?",
+                    (
+                        member_id,
+                        client_id,
+                        orjson.dumps(topic_list),
+                        session_timeout_ms,
+                        rebalance_timeout_ms,
+                        now,
+                        assignor,
+                        group_id,
+                        previous[0],
+                    ),
+                )
+                if orjson.loads(previous[1]) != topic_list:
+                    return member_id, self._rebalance(group_id, now)
+                return member_id, self._generation(group_id)
         self.conn.execute(
             f"INSERT INTO members (group_id, {MEMBER_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?, ?)",
             (
                 group_id,
                 member_id,
@@ -153,6 +184,7 @@ class Groups:
                 b"[]",
                 b"[]",
                 assignor,
+                instance_id,
             ),
         )
         generation = self._rebalance(group_id, now)

@@ -131,6 +131,7 @@ CREATE TABLE members (
     target BLOB NOT NULL,
     revoke_since_ms INTEGER,
     assignor TEXT NOT NULL DEFAULT 'sticky',
+    instance_id TEXT,
     PRIMARY KEY (group_id, member_id)
 ) WITHOUT ROWID;
 CREATE TABLE offsets (

@@ -220,9 +220,11 @@ class Transport(abc.ABC):
         heartbeat_interval_ms: int = 1_000,
         rebalance_timeout_ms: int = 60_000,
         assignor: str = "sticky",
+        instance_id: str | None = None,
     ) -> Consumer:
         """A consumer; `assignor="copartitioned"` gives partition p of topics with equal
-        partition counts to one member (what stream processing with tables needs)."""
+        partition counts to one member (what stream processing with tables needs); a static
+        `instance_id` (Kafka's group.instance.id) lets a restarted member take over at once."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -34,6 +34,7 @@ from runtime.types import Event, Record, TopicPartition
 from runtime.worker.agents import AgentRunner
 from runtime.worker.commit import CommitCycle
 from runtime.worker.ops import Skip, apply_ops
+from runtime.worker.slots import Slot
 from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
 from runtime.worker.store import MEMORY, StateStore
 from runtime.worker.tables import TableState
@@ -71,13 +72,17 @@ class Worker:
         transport: Transport,
         settings: WorkerSettings,
         *,
-        worker_id: str = "0",
+        worker_id: str | None = None,
+        slot: int | None = None,
         fault: Callable[[str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.transport = transport
         self.settings = settings
-        self.worker_id = worker_id
+        self.worker_id = worker_id or "0"  # replaced by the claimed slot for a file state dir
+        self._claim = worker_id is None and settings.state_dir != MEMORY
+        self._preferred_slot = slot
+        self.slot: Slot | None = None
         self.fault = fault
         self.tables = {t.name: TableState(t) for t in spec.tables}
         self.runners = [AgentRunner(a, self._emit) for a in spec.agents]
@@ -99,6 +104,9 @@ class Worker:
     # --- start and stop -----------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._claim:
+            self.slot = Slot.claim(self.settings.state_dir, self._preferred_slot)
+            self.worker_id = str(self.slot.number)
         await self._create_topics()
         state_dir = self.settings.state_dir
         if state_dir != MEMORY:
@@ -108,8 +116,11 @@ class Worker:
         self.producer = self.transport.producer(
             transactional_id=f"{self.spec.app_id}-{self.worker_id}" if exactly_once else None,
             transaction_timeout_ms=self.settings.transaction_timeout_ms,
-            linger_ms=1_000_000,  # the commit cycle flushes
-            batch_size=50_000,
+            # exactly-once: the commit cycle flushes (nothing is visible before the commit);
+            # at-least-once: outputs go out as they are produced, as Kafka's producer sends
+            # them, so a crash before the offsets commit repeats them
+            linger_ms=1_000_000 if exactly_once else 5,
+            batch_size=50_000 if exactly_once else 10_000,
         )
         if exactly_once:
             await self.producer.init_transactions()  # fences our predecessor, aborts its work
@@ -119,6 +130,7 @@ class Worker:
             client_id=f"{self.spec.app_id}-{self.worker_id}",
             session_timeout_ms=self.settings.session_timeout_ms,
             assignor="copartitioned",  # partition p of every app topic, and of its tables
+            instance_id=f"{self.spec.app_id}-{self.worker_id}",  # a restart takes over at once
         )
         self.cycle = CommitCycle(
             self.producer,
@@ -168,6 +180,8 @@ class Worker:
             if clean:
                 await self.producer.close()
             await self.store.close()
+            if self.slot is not None:
+                self.slot.release()
 
     async def _run_timer(self, timer: Any) -> None:
         if timer.interval is None:
@@ -182,9 +196,28 @@ class Worker:
 
     # --- the loop -----------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, progress_interval: float = 10.0) -> None:
+        """Poll until `stop` is set, logging the processing rate and lag regularly."""
+        last_report, last_count = time.monotonic(), self.events_processed
         while not stop.is_set():
             await self.poll(timeout=min(0.1, self.settings.commit_interval))
+            now = time.monotonic()
+            if now - last_report >= progress_interval:
+                rate = (self.events_processed - last_count) / (now - last_report)
+                log.info(
+                    "worker %s: %.0f events/s, lag %d, partitions %s",
+                    self.worker_id,
+                    rate,
+                    await self.lag(),
+                    sorted(self._owned),
+                )
+                last_report, last_count = now, self.events_processed
+
+    async def lag(self) -> int:
+        """Records of owned partitions not processed yet (up to the last stable offset)."""
+        assignment = self.consumer.assignment()
+        ends = await self.consumer.end_offsets(assignment)
+        return sum(max(0, end - self.consumer.position(tp)) for tp, end in ends.items())
 
     async def poll(self, timeout: float = 0.1) -> int:
         """One round: fetch, restore, process, maybe commit. Returns events processed."""

@@ -59,6 +59,7 @@ class EmbeddedConsumer(Consumer):
         heartbeat_interval_ms: int,
         rebalance_timeout_ms: int,
         assignor: str = "sticky",
+        instance_id: str | None = None,
     ) -> None:
         if isolation not in (READ_COMMITTED, READ_UNCOMMITTED):
             raise ConfigurationError(
@@ -75,6 +76,7 @@ class EmbeddedConsumer(Consumer):
         self.heartbeat_interval_s = heartbeat_interval_ms / 1000
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.assignor = assignor
+        self.instance_id = instance_id
         self._positions: dict[TopicPartition, int] = {}
         self._topics: list[str] = []
         self._on_assign: RebalanceCallback | None = None
@@ -114,6 +116,7 @@ class EmbeddedConsumer(Consumer):
             session_timeout_ms=self.session_timeout_ms,
             rebalance_timeout_ms=self.rebalance_timeout_ms,
             assignor=self.assignor,
+            instance_id=self.instance_id,
         )
         self._state = await self.transport._write(broker.heartbeat, self.group_id, self._member_id)
         self._lost = False

@@ -261,6 +261,7 @@ class EmbeddedTransport(Transport):
         heartbeat_interval_ms: int = 1_000,
         rebalance_timeout_ms: int = 60_000,
         assignor: str = "sticky",
+        instance_id: str | None = None,
     ) -> EmbeddedConsumer:
         return EmbeddedConsumer(
             self,
@@ -272,6 +273,7 @@ class EmbeddedTransport(Transport):
             heartbeat_interval_ms,
             rebalance_timeout_ms,
             assignor,
+            instance_id,
         )
 
     async def close(self) -> None:
