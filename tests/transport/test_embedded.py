@@ -321,3 +321,25 @@ async def test_retention_runs_by_itself_after_writes(tmp_path: Path) -> None:
         consumer = transport.consumer()
         await consumer.assign([TopicPartition("short", 0)])
         assert [r.value for r in await drain(consumer)] == [b"new", b"newer"]
+
+
+async def test_restarted_static_member_releases_what_the_group_took_meanwhile(
+    broker: Transport,
+) -> None:
+    """A worker killed while asked to give up partitions comes back (same instance id): it
+    must release them at once, not sit on them until its rebalance timeout expels it."""
+    first = broker.consumer("g", heartbeat_interval_ms=50, instance_id="worker-0")
+    await first.subscribe([TOPIC])
+    await first.getmany(timeout=0.05)
+    assert len(first.assignment()) == 4
+    other = broker.consumer("g", heartbeat_interval_ms=50)
+    await other.subscribe([TOPIC])  # the group now wants 2 partitions moved to `other`
+    first._heartbeats.cancel()  # type: ignore[union-attr]  # killed before it released them
+    restarted = broker.consumer("g", heartbeat_interval_ms=50, instance_id="worker-0")
+    await restarted.subscribe([TOPIC])
+    deadline = time.monotonic() + 5
+    while len(other.assignment()) < 2 and time.monotonic() < deadline:
+        await asyncio.gather(restarted.getmany(timeout=0.05), other.getmany(timeout=0.05))
+    assert len(other.assignment()) == 2 and len(restarted.assignment()) == 2
+    await restarted.close()
+    await other.close()

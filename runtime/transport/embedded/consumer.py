@@ -162,12 +162,18 @@ class EmbeddedConsumer(Consumer):
             return
         owned = set(self._positions)
         revoked = owned & state.revoking | (owned - state.assignment)
-        if revoked:
+        # Release everything the group takes back, including partitions this consumer was
+        # granted but never started (a restarted static member inherits them half-revoked):
+        # only those it processed need on_revoke first.
+        if revoked or state.revoking:
             await _run_callback(self._on_revoke, revoked)
             for tp in revoked:
                 self._positions.pop(tp, None)
             state = self._state = await self.transport._write(
-                self.transport.broker.heartbeat, self.group_id, self._member_id, revoked
+                self.transport.broker.heartbeat,
+                self.group_id,
+                self._member_id,
+                revoked | state.revoking,
             )
         self._generation = state.generation
         added = set(state.assignment - state.revoking) - set(self._positions)
