@@ -24,13 +24,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.errors import ConfigurationError, StreamsError
+from runtime.errors import ConfigurationError, DatabaseError, StreamsError
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
 from runtime.worker.supervisor import Supervisor
 from streams.app import App
 
 DEFAULT_BROKER = "sqlite:///streams.db"
+EXIT_CONFIG = 78  # EX_CONFIG: the supervisor does not restart a worker that exits with it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -221,6 +222,7 @@ def _worker(args: argparse.Namespace) -> int:
         " %(levelname)s %(name)s: %(message)s",
     )
     if args.child is None:
+        asyncio.run(_preflight(app))  # a bad URL or database fails here, once, not in N children
         command = [sys.executable, "-m", "streams.cli"]
         if args.debug:
             command.append("--debug")
@@ -237,8 +239,22 @@ def _worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await app.run(stop, slot=args.child)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except StreamsError as exc:
+        if args.debug:
+            raise
+        print(f"streams: error: {exc}", file=sys.stderr)
+        # A setting or the broker is wrong: restarting will not help; the supervisor stops.
+        return EXIT_CONFIG if isinstance(exc, (ConfigurationError, DatabaseError)) else 1
     return 0
+
+
+async def _preflight(app: App) -> None:
+    """Open the app's broker once (and close it): a wrong URL, a foreign or locked database
+    is reported as one line before any worker starts."""
+    async with connect(app.settings.broker) as broker:
+        await broker.list_topics()
 
 
 async def _table(args: argparse.Namespace) -> None:

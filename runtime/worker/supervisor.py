@@ -21,6 +21,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
+EXIT_CONFIG = 78  # a worker that exits with this cannot succeed by restarting: stop
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 10.0
 HEALTHY_AFTER_S = 10.0
@@ -44,6 +45,7 @@ class Supervisor:
         self.children = [_Child(slot) for slot in range(workers)]
         self.grace = grace
         self.stopping = False
+        self.failed = False
 
     def _start(self, child: _Child) -> None:
         child.process = subprocess.Popen(self.command(child.slot))
@@ -77,6 +79,11 @@ class Supervisor:
                 if now - child.started >= HEALTHY_AFTER_S:
                     child.backoff = BACKOFF_START_S
                 continue
+            if process is not None and process.returncode == EXIT_CONFIG:
+                log.error("worker %d cannot run (configuration error): stopping", child.slot)
+                self.stopping = True
+                self.failed = True
+                return
             if process is not None:
                 log.warning(
                     "worker %d (pid %d) exited with %s; restarting in %.1f s",
@@ -108,4 +115,4 @@ class Supervisor:
                 process.kill()
                 process.wait()
             clean &= process.returncode == 0
-        return 0 if clean else 1
+        return 0 if clean and not self.failed else 1
