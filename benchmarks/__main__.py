@@ -10,6 +10,7 @@ import sys
 BENCHMARKS = {
     "broker": "benchmarks.broker",
     "wordcount": "benchmarks.wordcount",
+    "scaling": "benchmarks.scaling",
 }
 
 

@@ -161,8 +161,7 @@ async def latency(args: argparse.Namespace, directory: str, rate: float) -> dict
     timed by another, so only the worker runs here."""
     import multiprocessing
 
-    app = build_app(args.partitions, args.group_by, args.guarantee, args.commit_interval,
-                    directory)
+    app = build_app(args.partitions, args.group_by, args.guarantee, args.commit_interval, directory)
     seconds = args.latency_seconds
     url = app.settings.broker
     run = app.testing(broker=url, state_dir=app.settings.state_dir)
@@ -173,10 +172,12 @@ async def latency(args: argparse.Namespace, directory: str, rate: float) -> dict
         assert worker is not None
         while not worker.consumer.assignment():
             await worker.poll(0.05)
-        observer = context.Process(target=_observe,
-                                   args=(url, args.partitions, seconds + 2.0, results))
-        generator = context.Process(target=_generate,
-                                    args=(url, args.partitions, not args.group_by, rate, seconds))
+        observer = context.Process(
+            target=_observe, args=(url, args.partitions, seconds + 2.0, results)
+        )
+        generator = context.Process(
+            target=_generate, args=(url, args.partitions, not args.group_by, rate, seconds)
+        )
         observer.start()
         await asyncio.sleep(1.0)  # the observer process starts up
         generator.start()

@@ -411,6 +411,7 @@ class Worker:
         await reader.assign([tp])
         reader.seek(tp, start)
         count = 0
+        replayed: dict[bytes, bytes | None] = {}  # latest value per key, as the changelog says
         while reader.position(tp) < end:
             before = reader.position(tp)
             batch = await reader.getmany(timeout=5.0, max_records=10_000)
@@ -418,7 +419,16 @@ class Worker:
             if not records and reader.position(tp) == before:
                 raise StreamsError(f"restore of {tp} stalled at offset {before} (end {end})")
             table.apply_changelog(partition, records)
+            for record in records:
+                if record.key is not None:
+                    replayed[record.key] = record.value
             count += len(records)
+        # The store must equal the changelog up to its checkpoint: save what was replayed
+        # with the offset it reaches, or a later checkpoint would claim rows it never got.
+        await self.store.save(
+            [(table.spec.name, partition, key, value) for key, value in replayed.items()],
+            {(table.spec.name, partition): reader.position(tp)},
+        )
         return count
 
 

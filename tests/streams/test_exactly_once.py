@@ -145,3 +145,27 @@ async def test_at_least_once_repeats_work_after_the_same_crash(tmp_path: Path) -
     eos.mkdir()
     outputs, table = await crash_then_finish(eos, "exactly_once", inputs, [("after_offsets", 3)])
     assert_exactly_once(inputs, outputs, table)
+
+
+async def test_a_restored_partition_is_saved_whole_to_the_new_owners_store(
+    tmp_path: Path,
+) -> None:
+    """Worker B restores partitions that worker A built, commits a little, and restarts from
+    its own store: the store must hold A's rows too, not only the keys B changed (found by the
+    fault suite: a store checkpoint claimed rows it never received)."""
+    first, second = words(300, seed=11), ["apple", "kiwi"] * 5
+    broker = f"sqlite:///{tmp_path}/broker.db"
+
+    def worker(name: str) -> TestRun:
+        return app.testing(broker=broker, state_dir=str(tmp_path / name), worker_id=name)
+
+    async with worker("a") as a:
+        await a.send_many("words", first)
+        await a.drain()
+    async with worker("b") as b:  # restores everything A wrote, from the changelog
+        await b.send_many("words", second)
+        await b.drain()
+    async with worker("b") as again:  # restores from B's store checkpoint
+        await again.drain()
+        assert again.table("counts") == collections.Counter(first + second)
+        assert_exactly_once(first + second, await again.read("word-counts"), again.table("counts"))
