@@ -389,6 +389,26 @@ class Worker:
             time.monotonic() - started,
         )
 
+    async def _settled_end(self, tp: TopicPartition) -> int:
+        """The changelog's end once no transaction is open on it. We own the partition, so an
+        open transaction there is a previous owner's (dead or fenced): it ends when that
+        worker restarts or when it times out. Restoring only up to it could miss records
+        committed after it began."""
+        waited = False
+        deadline = time.monotonic() + self.settings.transaction_timeout_ms / 1000 + 30
+        while True:
+            info = await self.transport.partition_info(tp.topic, tp.partition)
+            if info.last_stable >= info.high_watermark or time.monotonic() > deadline:
+                return info.last_stable
+            if not waited:
+                log.info(
+                    "worker %s: waiting for a previous owner's transaction on %s to end",
+                    self.worker_id,
+                    tp,
+                )
+                waited = True
+            await asyncio.sleep(0.05)
+
     async def _restore_partition(self, reader: Any, table: TableState, partition: int) -> int:
         tp = TopicPartition(table.spec.changelog, partition)
         rows, checkpoint = await self.store.load(table.spec.name, partition)
@@ -405,7 +425,7 @@ class Worker:
             rows, checkpoint = {}, None
         table.attach(partition, rows)
         start = info.log_start if checkpoint is None else checkpoint
-        end = (await reader.end_offsets([tp]))[tp]
+        end = await self._settled_end(tp)
         if start >= end:
             return 0
         await reader.assign([tp])

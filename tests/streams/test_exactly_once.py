@@ -9,6 +9,7 @@ and the table must equal the true frequencies, also when rebuilt from the change
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import random
 from pathlib import Path
@@ -169,3 +170,47 @@ async def test_a_restored_partition_is_saved_whole_to_the_new_owners_store(
         await again.drain()
         assert again.table("counts") == collections.Counter(first + second)
         assert_exactly_once(first + second, await again.read("word-counts"), again.table("counts"))
+
+
+async def test_restore_waits_for_a_dead_owners_open_transaction(tmp_path: Path) -> None:
+    """A previous owner died with a transaction open on the changelog (no offsets sent yet),
+    and a committed record lies behind it: the new owner's restore waits for that transaction
+    to end instead of stopping at the last stable offset and missing the record."""
+    from runtime.broker import Broker, ProduceBatch
+    from runtime.partitioner import partition_for_key
+
+    broker_path = tmp_path / "broker.db"
+    async with app.testing(
+        broker=f"sqlite:///{broker_path}", state_dir=str(tmp_path / "a"), worker_id="a"
+    ) as first:
+        await first.send_many("words", ["apple"] * 3)
+        await first.drain()
+    raw = Broker(str(broker_path))
+    key = b'"zzz"'
+    p = partition_for_key(key, 4)
+    zombie, epoch = raw.init_producer_id("dead-owner")
+    raw.produce(
+        zombie,
+        epoch,
+        [ProduceBatch("wordcount-counts-changelog", p, 0, [key], [b"1"], [0])],
+        transactional=True,
+    )
+    later, later_epoch = raw.init_producer_id()  # committed after the open transaction began
+    raw.produce(
+        later, later_epoch, [ProduceBatch("wordcount-counts-changelog", p, 0, [key], [b"99"], [0])]
+    )
+    info = raw.partition_info("wordcount-counts-changelog", p)
+    assert info.last_stable < info.high_watermark
+
+    async def dead_owner_restarts() -> None:
+        await asyncio.sleep(0.5)
+        raw.init_producer_id("dead-owner")  # its successor aborts the open transaction
+
+    restart = asyncio.ensure_future(dead_owner_restarts())
+    async with app.testing(
+        broker=f"sqlite:///{broker_path}", state_dir=str(tmp_path / "b"), worker_id="b"
+    ) as second:
+        await second.drain()
+        assert second.table("counts") == {"apple": 3, "zzz": 99}
+    await restart
+    raw.close()
