@@ -40,6 +40,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -117,6 +124,14 @@ SETTINGS: tuple[Setting, ...] = (
         "A worker that misses heartbeats this long leaves the group.",
     ),
     Setting(
+        "table_standby_replicas",
+        "STREAMS_TABLE_STANDBY_REPLICAS",
+        lambda app: 0,
+        _non_negative_int,
+        "Other workers that keep a warm copy of each table partition (tailing its changelog "
+        "into their store), so a takeover restores only the tail.",
+    ),
+    Setting(
         "default_partitions",
         "STREAMS_DEFAULT_PARTITIONS",
         lambda app: 4,
@@ -138,6 +153,7 @@ class Settings:
     on_decode_error: str
     transaction_timeout_ms: int
     session_timeout_ms: int
+    table_standby_replicas: int
     default_partitions: int
 
     def override(self, **changes: Any) -> Settings:

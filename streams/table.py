@@ -73,24 +73,32 @@ class Table:
                 "an agent's transaction; send an event to a topic and update the table in the "
                 "agent that processes it"
             )
+        return self._current()
+
+    def _current(self) -> TableState:
+        """This table in the worker running the current agent (several workers of one app
+        may share a process, in tests), else in the worker the app runs."""
+        runner = current_agent.get()
+        if runner is not None:
+            state: TableState | None = runner.tables.get(self.name)
+            if state is not None:
+                return state
         return self.state
 
     def __getitem__(self, key: Any) -> Any:
-        state = self._state
-        if state is None:
-            state = self.state  # raises the explanation
-        return state.get(key)
+        return self._current().get(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self.state.get(key, default)
+        return self._current().get(key, default)
 
     def __contains__(self, key: Any) -> bool:
-        return self.state.contains(key)
+        return self._current().contains(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        state = self._state
-        if state is None or current_agent.get() is None:
-            state = self._writable()  # raises the explanation
+        runner = current_agent.get()
+        state = None if runner is None else runner.tables.get(self.name)
+        if state is None:
+            state = self._writable()  # outside an agent: raises the explanation
         state.set(key, value)
 
     def __delitem__(self, key: Any) -> None:
@@ -108,13 +116,13 @@ class Table:
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Rows of the partitions this worker owns."""
-        return self.state.items()
+        return self._current().items()
 
     def keys(self) -> Iterator[Any]:
-        return (k for k, _ in self.state.items())
+        return (k for k, _ in self._current().items())
 
     def values(self) -> Iterator[Any]:
-        return (v for _, v in self.state.items())
+        return (v for _, v in self._current().items())
 
     def __len__(self) -> int:
-        return len(self.state)
+        return len(self._current())

@@ -75,8 +75,11 @@ class TestRun:
             if self.worker is not None and self.worker.started:
                 await self.worker.stop(clean=clean)
         finally:
-            self.app._attach(None, None)
-            await self.app.close()
+            if self.app._worker is self.worker:  # another run of this app may be attached
+                self.app._attach(None, None)
+                await self.app.close()
+            elif self.transport is not None:
+                await self.transport.close()
 
     async def send(self, topic: Any, value: Any = None, *, key: Any = None, **kwargs: Any) -> Any:
         return await self.app.send(topic, key=key, value=value, **kwargs)
@@ -141,7 +144,7 @@ class TestRun:
 
     def table(self, name: str) -> dict[Any, Any]:
         """The current rows of a table (all partitions this worker owns)."""
-        return dict(self.app.tables[name].items())
+        return dict(self._require_worker().tables[name].items())
 
     def _require_worker(self) -> Worker:
         if self.worker is None:

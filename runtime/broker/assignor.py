@@ -99,3 +99,30 @@ def copartitioned_assign(
 
 
 ASSIGNORS = {"sticky": sticky_assign, "copartitioned": copartitioned_assign}
+
+
+def assign_standbys(
+    targets: Mapping[str, Set[TP]],
+    previous: Mapping[str, Set[TP]],
+    replicas: int,
+) -> dict[str, set[TP]]:
+    """Standby replicas: for each unit (the partitions with one number that one member owns),
+    `replicas` other members keep a warm copy of its tables. Balanced by count, and sticky: a
+    member that was a standby for the unit stays one (its copy is warm)."""
+    order = list(targets)
+    result: dict[str, set[TP]] = {member: set() for member in order}
+    load = dict.fromkeys(order, 0)
+    units: dict[tuple[str, int], set[TP]] = {}
+    for owner, tps in targets.items():
+        for topic, partition in tps:
+            units.setdefault((owner, partition), set()).add((topic, partition))
+    for (owner, _), tps in sorted(units.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+        chosen: list[str] = []
+        for _ in range(min(replicas, len(order) - 1)):
+            free = [m for m in order if m != owner and m not in chosen]
+            warm = [m for m in free if previous.get(m, set()) & tps]
+            pick = min(warm or free, key=lambda m: (load[m], order.index(m)))
+            chosen.append(pick)
+            load[pick] += 1
+            result[pick] |= tps
+    return result

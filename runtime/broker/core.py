@@ -421,10 +421,13 @@ class Broker:
         rebalance_timeout_ms: int = 60_000,
         assignor: str = "sticky",
         instance_id: str | None = None,
+        standby_replicas: int = 0,
     ) -> tuple[str, int]:
         """Join a group; `assignor` is "sticky" (balanced per partition) or "copartitioned"
         (partition p of co-partitioned topics to one member, for stream processing). A static
-        `instance_id` replaces a previous member with that id at once (a restarted worker)."""
+        `instance_id` replaces a previous member with that id at once (a restarted worker).
+        With `standby_replicas`, heartbeats also name partitions whose tables the member
+        should keep warm for a fast takeover."""
         topics = list(topics)
         return self._write(
             lambda now: self.groups.join(
@@ -436,6 +439,7 @@ class Broker:
                 now,
                 assignor,
                 instance_id,
+                standby_replicas,
             )
         )
 

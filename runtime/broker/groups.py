@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import orjson
 
-from runtime.broker.assignor import ASSIGNORS, sticky_assign
+from runtime.broker.assignor import ASSIGNORS, assign_standbys, sticky_assign
 from runtime.errors import (
     IllegalGenerationError,
     InvalidRequestError,
@@ -32,7 +32,8 @@ from runtime.types import GroupMetadata, TopicPartition
 
 MEMBER_COLUMNS = (
     "member_id, client_id, topics, session_timeout_ms, rebalance_timeout_ms, joined_ms,"
-    " last_seen_ms, generation, assignment, target, revoke_since_ms, assignor, instance_id"
+    " last_seen_ms, generation, assignment, target, revoke_since_ms, assignor, instance_id,"
+    " standby_replicas, standby"
 )
 
 
@@ -50,6 +51,8 @@ class Member(NamedTuple):
     revoke_since_ms: int | None
     assignor: str
     instance_id: str | None
+    standby_replicas: int
+    standby: frozenset[TopicPartition]  # partitions whose tables this member keeps warm
     acquired: dict[TopicPartition, int]  # generation at which each owned partition was granted
 
 
@@ -61,6 +64,7 @@ class MemberState(NamedTuple):
     assignment: frozenset[TopicPartition]
     revoking: frozenset[TopicPartition]
     pending: bool
+    standby: frozenset[TopicPartition] = frozenset()
 
 
 class GroupDescription(NamedTuple):
@@ -103,6 +107,8 @@ def _member(row: tuple) -> Member:  # type: ignore[type-arg]
         row[10],
         row[11],
         row[12],
+        row[13],
+        _tps(row[14]),
         _acquired(row[8]),
     )
 
@@ -123,12 +129,15 @@ class Groups:
         now: int,
         assignor: str = "sticky",
         instance_id: str | None = None,
+        standby_replicas: int = 0,
     ) -> tuple[str, int]:
         """Add a member. With a static `instance_id` (Kafka's group.instance.id), a member
         with the same id is replaced at once: the newcomer takes over its partitions with no
         rebalance, and the predecessor is fenced (its commits get UnknownMemberIdError)."""
         if not isinstance(group_id, str) or not group_id:
             raise InvalidRequestError("group_id must be a non-empty string")
+        if type(standby_replicas) is not int or standby_replicas < 0:
+            raise InvalidRequestError("standby_replicas must be a non-negative integer")
         if assignor not in ASSIGNORS:
             raise InvalidRequestError(
                 f"unknown assignor {assignor!r}: use one of {sorted(ASSIGNORS)}"
@@ -171,7 +180,7 @@ class Groups:
                 return member_id, self._generation(group_id)
         self.conn.execute(
             f"INSERT INTO members (group_id, {MEMBER_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, ?, ?, ?, '[]')",
             (
                 group_id,
                 member_id,
@@ -185,6 +194,7 @@ class Groups:
                 b"[]",
                 assignor,
                 instance_id,
+                standby_replicas,
             ),
         )
         generation = self._rebalance(group_id, now)
@@ -223,7 +233,7 @@ class Groups:
             (now, _assignment_blob(acquired), member_generation, revoke_since, group_id, member_id),
         )
         pending = bool(me.target - assignment)
-        return MemberState(generation, frozenset(assignment), revoking, pending)
+        return MemberState(generation, frozenset(assignment), revoking, pending, me.standby)
 
     def leave(self, group_id: str, member_id: str, now: int) -> None:
         cursor = self.conn.execute(
@@ -302,6 +312,16 @@ class Groups:
         self.conn.executemany(
             "UPDATE members SET target = ? WHERE group_id = ? AND member_id = ?",
             [(_blob(target), group_id, member_id) for member_id, target in targets.items()],
+        )
+        replicas = next(iter(members.values())).standby_replicas if members else 0
+        standbys = assign_standbys(
+            targets,
+            {m.member_id: {(t, p) for t, p in m.standby} for m in members.values()},
+            replicas,
+        )
+        self.conn.executemany(
+            "UPDATE members SET standby = ? WHERE group_id = ? AND member_id = ?",
+            [(_blob(tps), group_id, member_id) for member_id, tps in standbys.items()],
         )
         return self._generation(group_id)
 

@@ -132,6 +132,8 @@ CREATE TABLE members (
     revoke_since_ms INTEGER,
     assignor TEXT NOT NULL DEFAULT 'sticky',
     instance_id TEXT,
+    standby_replicas INTEGER NOT NULL DEFAULT 0,
+    standby BLOB NOT NULL DEFAULT '[]',
     PRIMARY KEY (group_id, member_id)
 ) WITHOUT ROWID;
 CREATE TABLE offsets (

@@ -159,6 +159,11 @@ class Consumer(abc.ABC):
     @abc.abstractmethod
     def group_metadata(self) -> GroupMetadata: ...
 
+    def standby(self) -> set[TopicPartition]:
+        """Partitions this member should keep warm copies of (standby replicas), if the
+        group assigns any; a back end without them returns nothing."""
+        return set()
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Leave the group (its partitions move at once) and release the consumer."""
@@ -221,6 +226,7 @@ class Transport(abc.ABC):
         rebalance_timeout_ms: int = 60_000,
         assignor: str = "sticky",
         instance_id: str | None = None,
+        standby_replicas: int = 0,
     ) -> Consumer:
         """A consumer; `assignor="copartitioned"` gives partition p of topics with equal
         partition counts to one member (what stream processing with tables needs); a static

@@ -71,8 +71,14 @@ class Inbox:
 class AgentRunner:
     """Runs one agent: its task, its inbox, and where its outputs go."""
 
-    def __init__(self, spec: AgentSpec, emit: Callable[[AgentRunner, Any], None]) -> None:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        emit: Callable[[AgentRunner, Any], None],
+        tables: dict[str, Any] | None = None,
+    ) -> None:
         self.spec = spec
+        self.tables = tables or {}  # the tables of this agent's worker, by name
         self.inbox = Inbox()
         self._emit = emit
         self.task: asyncio.Task[None] | None = None

@@ -82,6 +82,15 @@ class StateStore:
         )
         return {bytes(k): bytes(v) for k, v in await cursor.fetchall()}, int(row[0])
 
+    async def checkpoint(self, table: str, partition: int) -> int | None:
+        """The changelog offset the stored rows of a partition reflect, if any."""
+        cursor = await self.conn.execute(
+            "SELECT changelog_offset FROM checkpoints WHERE tbl = ? AND partition = ?",
+            (table, partition),
+        )
+        row = await cursor.fetchone()
+        return None if row is None else int(row[0])
+
     async def save(
         self, changes: Iterable[Change], checkpoints: Mapping[tuple[str, int], int]
     ) -> None:

@@ -40,6 +40,8 @@ from runtime.worker.store import MEMORY, StateStore
 from runtime.worker.tables import TableState
 
 log = logging.getLogger(__name__)
+STANDBY_INTERVAL_S = 0.5  # how often standby partitions are tailed
+STANDBY_BATCH = 20_000  # changelog records copied per standby partition per round
 
 
 class WorkerSettings(Protocol):
@@ -61,6 +63,8 @@ class WorkerSettings(Protocol):
     def transaction_timeout_ms(self) -> int: ...
     @property
     def session_timeout_ms(self) -> int: ...
+    @property
+    def table_standby_replicas(self) -> int: ...
     @property
     def exactly_once(self) -> bool: ...
 
@@ -85,7 +89,7 @@ class Worker:
         self.slot: Slot | None = None
         self.fault = fault
         self.tables = {t.name: TableState(t) for t in spec.tables}
-        self.runners = [AgentRunner(a, self._emit) for a in spec.agents]
+        self.runners = [AgentRunner(a, self._emit, self.tables) for a in spec.agents]
         self.routes: dict[str, list[AgentRunner | RepartitionSpec]] = {}
         for runner in self.runners:
             self.routes.setdefault(runner.spec.topic, []).append(runner)
@@ -94,6 +98,10 @@ class Worker:
         self._owned: set[int] = set()  # partition numbers whose tables are restored
         self._to_restore: set[int] = set()
         self._timers: list[asyncio.Task[None]] = []
+        self._standby_due = 0.0
+        self._standby_reader: Any = None
+        self.standby_records = 0  # changelog records copied into the store as a standby
+        self.restored_records = 0  # changelog records replayed when taking partitions over
         self._sink_keys: dict[
             str, dict[tuple[type, Any], bytes]
         ] = {}  # encoded output keys, per sink
@@ -131,6 +139,7 @@ class Worker:
             session_timeout_ms=self.settings.session_timeout_ms,
             assignor="copartitioned",  # partition p of every app topic, and of its tables
             instance_id=f"{self.spec.app_id}-{self.worker_id}",  # a restart takes over at once
+            standby_replicas=self.settings.table_standby_replicas if self.tables else 0,
         )
         self.cycle = CommitCycle(
             self.producer,
@@ -175,6 +184,8 @@ class Worker:
         finally:
             self.started = False  # from here on, revocations commit nothing
             await self.consumer.close()
+            if self._standby_reader is not None:
+                await self._standby_reader.close()
             for runner in self.runners:
                 await runner.stop()
             if clean:
@@ -238,6 +249,9 @@ class Worker:
             self.events_processed += processed
             self._since_commit += processed
         now = time.monotonic()
+        if self._standby_due <= now and self.settings.table_standby_replicas and self.tables:
+            self._standby_due = now + STANDBY_INTERVAL_S
+            await self._tail_standbys()
         due = now - self._last_commit >= self.settings.commit_interval
         if self.cycle.open and (due or self._since_commit >= self.settings.commit_every):
             await self.commit()
@@ -381,6 +395,7 @@ class Worker:
         finally:
             await reader.close()
         self._owned.update(partitions)
+        self.restored_records += restored
         log.info(
             "worker %s: restored %d changelog records for partitions %s in %.3f s",
             self.worker_id,
@@ -388,6 +403,43 @@ class Worker:
             partitions,
             time.monotonic() - started,
         )
+
+    async def _tail_standbys(self) -> None:
+        """Copy new changelog records of standby partitions into the local store (rows and
+        checkpoint together, as a restore does), a bounded amount per call, so that taking
+        such a partition over replays only what was written since."""
+        partitions = {tp.partition for tp in self.consumer.standby()}
+        partitions -= self._owned | self._to_restore
+        if not partitions:
+            return
+        if self._standby_reader is None:
+            self._standby_reader = self.transport.consumer(isolation=READ_COMMITTED)
+        for table in self.tables.values():
+            for partition in sorted(partitions):
+                self.standby_records += await self._tail(table, partition)
+
+    async def _tail(self, table: TableState, partition: int) -> int:
+        tp = TopicPartition(table.spec.changelog, partition)
+        checkpoint = await self.store.checkpoint(table.spec.name, partition)
+        info = await self.transport.partition_info(tp.topic, partition)
+        if checkpoint is not None and not info.log_start <= checkpoint <= info.high_watermark:
+            await self.store.wipe(table.spec.name, partition)
+            checkpoint = None
+        start = info.log_start if checkpoint is None else checkpoint
+        if start >= info.last_stable:
+            return 0
+        reader = self._standby_reader
+        await reader.assign([tp])
+        reader.seek(tp, start)
+        batch = await reader.getmany(timeout=0, max_records=STANDBY_BATCH)
+        records = batch.get(tp, [])
+        if reader.position(tp) > start:
+            latest = {r.key: r.value for r in records if r.key is not None}
+            await self.store.save(
+                [(table.spec.name, partition, key, value) for key, value in latest.items()],
+                {(table.spec.name, partition): reader.position(tp)},
+            )
+        return len(records)
 
     async def _settled_end(self, tp: TopicPartition) -> int:
         """The changelog's end once no transaction is open on it. We own the partition, so an

@@ -60,6 +60,7 @@ class EmbeddedConsumer(Consumer):
         rebalance_timeout_ms: int,
         assignor: str = "sticky",
         instance_id: str | None = None,
+        standby_replicas: int = 0,
     ) -> None:
         if isolation not in (READ_COMMITTED, READ_UNCOMMITTED):
             raise ConfigurationError(
@@ -77,6 +78,7 @@ class EmbeddedConsumer(Consumer):
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self.assignor = assignor
         self.instance_id = instance_id
+        self.standby_replicas = standby_replicas
         self._positions: dict[TopicPartition, int] = {}
         self._topics: list[str] = []
         self._on_assign: RebalanceCallback | None = None
@@ -117,6 +119,7 @@ class EmbeddedConsumer(Consumer):
             rebalance_timeout_ms=self.rebalance_timeout_ms,
             assignor=self.assignor,
             instance_id=self.instance_id,
+            standby_replicas=self.standby_replicas,
         )
         self._state = await self.transport._write(broker.heartbeat, self.group_id, self._member_id)
         self._lost = False
@@ -217,6 +220,10 @@ class EmbeddedConsumer(Consumer):
     async def seek_to_committed(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         tps = set(self._positions if partitions is None else partitions) & set(self._positions)
         self._positions.update(await self._starting_offsets(tps))
+
+    def standby(self) -> set[TopicPartition]:
+        state = self._state
+        return set() if state is None else set(state.standby) - set(self._positions)
 
     def group_metadata(self) -> GroupMetadata:
         return GroupMetadata(self.group_id or "", self._generation, self._member_id)

@@ -262,6 +262,7 @@ class EmbeddedTransport(Transport):
         rebalance_timeout_ms: int = 60_000,
         assignor: str = "sticky",
         instance_id: str | None = None,
+        standby_replicas: int = 0,
     ) -> EmbeddedConsumer:
         return EmbeddedConsumer(
             self,
@@ -274,6 +275,7 @@ class EmbeddedTransport(Transport):
             rebalance_timeout_ms,
             assignor,
             instance_id,
+            standby_replicas,
         )
 
     async def close(self) -> None:
