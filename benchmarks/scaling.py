@@ -10,10 +10,10 @@ events counted are those committed in between. Share: each worker's part of the 
 offsets of the repartition topic (the stateful stage).
 
 Failover: two single-worker commands (no supervisor to restart them, so the survivor must take
-over); one is killed with SIGKILL while input keeps arriving; the figure is the time from the
-kill until the survivor has committed past the first event of a dead worker's partition that
-arrived after the kill. It includes the session timeout (the dead worker is noticed only when
-it misses it), set here to 2 s.
+over) build a table of --table-keys keys; one is killed with SIGKILL; the figure is the time
+from the kill until the survivor has committed past new events of the dead worker's
+partitions, with and without a standby replica. It includes the session timeout (the dead
+worker is noticed only when it misses it), set here to 1 s.
 """
 
 from __future__ import annotations
@@ -166,29 +166,37 @@ def throughput(workers: int, events: int, partitions: int) -> dict[str, Any]:
     }
 
 
-def failover(partitions: int) -> dict[str, Any]:
+def failover(partitions: int, keys: int, standby: int) -> dict[str, Any]:
+    """Two workers (no supervisor restarts), a table of `keys` keys; kill one; time until the
+    survivor has committed past new events of the dead worker's partitions."""
     with tempfile.TemporaryDirectory() as directory:
         broker = Broker(f"{directory}/b.db")
         broker.create_topic("words", partitions)
         pid, epoch = broker.init_producer_id()
         sequences = [0] * partitions
-        env = {"STREAMS_DEFAULT_PARTITIONS": str(partitions), "STREAMS_SESSION_TIMEOUT_MS": "2000"}
+        env = {
+            "STREAMS_DEFAULT_PARTITIONS": str(partitions),
+            "STREAMS_SESSION_TIMEOUT_MS": "1000",
+            "STREAMS_TABLE_STANDBY_REPLICAS": str(standby),
+        }
         one = start_workers(directory, 1, env)
         wait_assigned(broker, 1)
         two = start_workers(directory, 1, env)
         wait_assigned(broker, 2)
+        words = [f"k{i}" for i in range(keys)]
+        for start in range(0, keys, 10_000):
+            produce(broker, words[start : start + 10_000], partitions, pid, epoch, sequences)
+        while sum(committed(broker, "words", partitions).values()) < keys:
+            time.sleep(0.1)
+        time.sleep(3.0)  # standbys catch up
         group = broker.describe_group(APP)
-        victim_member = next(m for m in group.members if m.client_id.endswith("-1"))
-        victim_partitions = {p for t, p in victim_member.assignment if t == "words"}
-        # the processes are supervisors with one child each: kill the child of the second
-        children = Path(f"/proc/{two.pid}/task/{two.pid}/children").read_text().split()
-        words = [f"w{i}" for i in range(2000)]
-        produce(broker, words, partitions, pid, epoch, sequences)
-        time.sleep(1.0)
+        victim = next(m for m in group.members if m.client_id.endswith("-1"))
+        victim_partitions = {p for t, p in victim.assignment if t == "words"}
+        child = int(Path(f"/proc/{two.pid}/task/{two.pid}/children").read_text().split()[0])
         two.send_signal(signal.SIGSTOP)  # its supervisor must not restart it
-        os.kill(int(children[0]), signal.SIGKILL)
+        os.kill(child, signal.SIGKILL)
         killed = time.perf_counter()
-        produce(broker, words, partitions, pid, epoch, sequences)
+        produce(broker, [f"new{i}" for i in range(2000)], partitions, pid, epoch, sequences)
         targets = {TopicPartition("words", p): sequences[p] for p in victim_partitions}
         while True:
             done = committed(broker, "words", partitions)
@@ -197,32 +205,40 @@ def failover(partitions: int) -> dict[str, Any]:
             time.sleep(0.01)
         seconds = time.perf_counter() - killed
         one.send_signal(signal.SIGTERM)
-        one.wait(timeout=60)
+        one.wait(timeout=120)
         two.kill()
         two.wait()
         broker.close()
-    return {"failover_s": round(seconds, 3), "session_timeout_ms": 2000, "standby_replicas": 0}
+    return {
+        "figure": "failover",
+        "table_keys": keys,
+        "standby_replicas": standby,
+        "failover_s": round(seconds, 3),
+        "session_timeout_ms": 1000,
+    }
 
 
 async def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks scaling")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--table-keys", type=int, default=1_000_000)
+    parser.add_argument("--only-failover", action="store_true")
     args = parser.parse_args(argv)
-    results = [throughput(n, args.events, args.partitions) for n in (1, 2, 4)]
-    base = results[0]["events_per_s"]
-    for result in results:
-        print(
-            json.dumps(
-                {
-                    "benchmark": "scaling",
-                    **result,
-                    "speedup": round(result["events_per_s"] / base, 2),
-                }
-            ),
-            flush=True,
-        )
-    print(
-        json.dumps({"benchmark": "scaling", "figure": "failover", **failover(args.partitions)}),
-        flush=True,
-    )
+    if not args.only_failover:
+        results = [throughput(n, args.events, args.partitions) for n in (1, 2, 4)]
+        base = results[0]["events_per_s"]
+        for result in results:
+            print(
+                json.dumps(
+                    {
+                        "benchmark": "scaling",
+                        **result,
+                        "speedup": round(result["events_per_s"] / base, 2),
+                    }
+                ),
+                flush=True,
+            )
+    for standby in (0, 1):
+        result = failover(args.partitions, args.table_keys, standby)
+        print(json.dumps({"benchmark": "scaling", **result}), flush=True)

@@ -137,6 +137,7 @@ class Worker:
             isolation=READ_COMMITTED,
             client_id=f"{self.spec.app_id}-{self.worker_id}",
             session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(50, min(1000, self.settings.session_timeout_ms // 3)),
             assignor="copartitioned",  # partition p of every app topic, and of its tables
             instance_id=f"{self.spec.app_id}-{self.worker_id}",  # a restart takes over at once
             standby_replicas=self.settings.table_standby_replicas if self.tables else 0,
