@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -485,7 +486,9 @@ class Worker:
         reader.seek(tp, start)
         count = 0
         replayed: dict[bytes, bytes | None] = {}  # latest value per key, as the changelog says
+        progress = _Progress(f"restoring {tp.topic}[{partition}]", start, end)
         while reader.position(tp) < end:
+            progress.show(reader.position(tp))
             before = reader.position(tp)
             batch = await reader.getmany(timeout=5.0, max_records=10_000)
             records = batch.get(tp, [])
@@ -496,6 +499,7 @@ class Worker:
                 if record.key is not None:
                     replayed[record.key] = record.value
             count += len(records)
+        progress.done()
         # The store must equal the changelog up to its checkpoint: save what was replayed
         # with the offset it reaches, or a later checkpoint would claim rows it never got.
         await self.store.save(
@@ -503,6 +507,42 @@ class Worker:
             {(table.spec.name, partition): reader.position(tp)},
         )
         return count
+
+
+class _Progress:
+    """Restore progress: a bar on a terminal (stderr), a log line every 5 s otherwise."""
+
+    def __init__(self, what: str, start: int, end: int) -> None:
+        self.what, self.start, self.total = what, start, max(1, end - start)
+        self.tty = sys.stderr.isatty()
+        self.next = time.monotonic() + (0.2 if self.tty else 5.0)
+        self.shown = False
+
+    def show(self, position: int) -> None:
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + (0.2 if self.tty else 5.0)
+        done = position - self.start
+        fraction = min(1.0, done / self.total)
+        if self.tty:
+            bar = "#" * int(fraction * 30)
+            sys.stderr.write(f"\r{self.what} [{bar:<30}] {fraction:4.0%} {done}/{self.total}")
+            sys.stderr.flush()
+            self.shown = True
+        else:
+            log.info(
+                "%s: %d of %d changelog records (%.0f%%)",
+                self.what,
+                done,
+                self.total,
+                fraction * 100,
+            )
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def _event_error(doing: str, event: Event, exc: Exception) -> AgentError:
