@@ -86,7 +86,9 @@ class Table:
         return self.state
 
     def __getitem__(self, key: Any) -> Any:
-        return self._current().get(key)
+        runner = current_agent.get()  # inline of _current(): this is the hot path
+        state = None if runner is None else runner.tables.get(self.name)
+        return (state or self.state).get(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._current().get(key, default)

@@ -119,6 +119,16 @@ class EmbeddedProducer(Producer):
         count = self._partition_counts.get(topic)
         if count is None:
             self._unplaced.append((topic, partition, key, value, headers, timestamp, on_delivery))
+        elif partition is None and headers is None and on_delivery is None:
+            # The hot path (a worker's outputs, changelog, repartitioned events): three appends.
+            tp = TopicPartition(topic, self._partitioner.partition(topic, key, count))
+            batch = self._batches.get(tp)
+            if batch is None or batch.headers is not None:
+                self._place(count, tp.topic, tp.partition, key, value, None, timestamp, None)
+            else:
+                batch.keys.append(key)
+                batch.values.append(value)
+                batch.timestamps.append(timestamp)
         else:
             self._place(count, topic, partition, key, value, headers, timestamp, on_delivery)
         self._buffered += 1
