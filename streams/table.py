@@ -88,7 +88,9 @@ class Table:
     def __getitem__(self, key: Any) -> Any:
         runner = current_agent.get()  # inline of _current(): this is the hot path
         state = None if runner is None else runner.tables.get(self.name)
-        return (state or self.state).get(key)
+        if state is None:  # not `or`: an empty table is falsy
+            state = self.state
+        return state.get(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._current().get(key, default)
