@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.broker import Broker, ProduceBatch
-from runtime.partitioner import partition_for_key
+from runtime.broker import Broker
+from runtime.broker.producer import BatchProducer
 from runtime.types import TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,27 +38,11 @@ APP = "wordcount"
 REPARTITION = "wordcount-by-word-repartition"
 
 
-def produce(
-    broker: Broker, words: list[str], partitions: int, pid: int, epoch: int, sequences: list[int]
-) -> None:
-    per_partition: dict[int, list[str]] = {}
-    for word in words:
-        key = json.dumps(word).encode()
-        per_partition.setdefault(partition_for_key(key, partitions), []).append(word)
-    batches = []
-    for p, items in per_partition.items():
-        batches.append(
-            ProduceBatch(
-                "words",
-                p,
-                sequences[p],
-                [json.dumps(w).encode() for w in items],
-                [w.encode() for w in items],
-                [int(time.time() * 1000)] * len(items),
-            )
-        )
-        sequences[p] += len(items)
-    broker.produce(pid, epoch, batches)
+def produce(producer: BatchProducer, words: list[str], sequences: list[int]) -> None:
+    """Send `words` keyed as the word-count app encodes keys; `sequences` counts per partition."""
+    written = producer.send("words", [(json.dumps(w).encode(), w.encode()) for w in words])
+    for partition, count in written.items():
+        sequences[partition] += count
 
 
 def committed(broker: Broker, topic: str, partitions: int) -> dict[TopicPartition, int]:
@@ -119,11 +103,11 @@ def throughput(workers: int, events: int, partitions: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory:
         broker = Broker(f"{directory}/b.db")
         broker.create_topic("words", partitions)
-        pid, epoch = broker.init_producer_id()
+        producer = BatchProducer(broker)
         sequences = [0] * partitions
         words = [f"w{(i * 7919) % 5000}" for i in range(events)]
         for start in range(0, events, 5000):
-            produce(broker, words[start : start + 5000], partitions, pid, epoch, sequences)
+            produce(producer, words[start : start + 5000], sequences)
         env = {"STREAMS_DEFAULT_PARTITIONS": str(partitions)}
         supervisor = start_workers(directory, workers, env)
         try:
@@ -172,7 +156,7 @@ def failover(partitions: int, keys: int, standby: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory:
         broker = Broker(f"{directory}/b.db")
         broker.create_topic("words", partitions)
-        pid, epoch = broker.init_producer_id()
+        producer = BatchProducer(broker)
         sequences = [0] * partitions
         env = {
             "STREAMS_DEFAULT_PARTITIONS": str(partitions),
@@ -185,7 +169,7 @@ def failover(partitions: int, keys: int, standby: int) -> dict[str, Any]:
         wait_assigned(broker, 2)
         words = [f"k{i}" for i in range(keys)]
         for start in range(0, keys, 10_000):
-            produce(broker, words[start : start + 10_000], partitions, pid, epoch, sequences)
+            produce(producer, words[start : start + 10_000], sequences)
         while sum(committed(broker, "words", partitions).values()) < keys:
             time.sleep(0.1)
         time.sleep(3.0)  # standbys catch up
@@ -196,7 +180,7 @@ def failover(partitions: int, keys: int, standby: int) -> dict[str, Any]:
         two.send_signal(signal.SIGSTOP)  # its supervisor must not restart it
         os.kill(child, signal.SIGKILL)
         killed = time.perf_counter()
-        produce(broker, [f"new{i}" for i in range(2000)], partitions, pid, epoch, sequences)
+        produce(producer, [f"new{i}" for i in range(2000)], sequences)
         targets = {TopicPartition("words", p): sequences[p] for p in victim_partitions}
         while True:
             done = committed(broker, "words", partitions)

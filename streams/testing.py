@@ -13,7 +13,6 @@ worker owns is read to its end and the last transaction is committed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterable
@@ -150,8 +149,3 @@ class TestRun:
         if self.worker is None:
             raise AppError("the test run is not started")
         return self.worker
-
-
-async def settle() -> None:
-    """Let tasks that are ready run (for timers and tasks in tests)."""
-    await asyncio.sleep(0)

@@ -30,7 +30,6 @@ from runtime.errors import (
     InvalidTransactionTimeoutError,
     InvalidTxnStateError,
     OutOfOrderSequenceError,
-    ProducerFencedError,
     UnknownProducerIdError,
 )
 from runtime.types import GroupMetadata, TopicPartition
@@ -252,4 +251,4 @@ class Transactions:
         )
 
 
-__all__ = ["NO_PRODUCER", "ProducerFencedError", "Transactions"]
+__all__ = ["NO_PRODUCER", "Transactions"]

@@ -57,7 +57,6 @@ class CommitCycle:
         self.exactly_once = exactly_once
         self.fault = fault or (lambda step: None)
         self.open = False
-        self.commits = 0
 
     async def begin(self) -> None:
         """0. Open the cycle's transaction (a no-op under at-least-once)."""
@@ -92,7 +91,6 @@ class CommitCycle:
         else:
             await self.consumer.commit(offsets)
         self.open = False
-        self.commits += 1
         for table in self.tables.values():
             table.committed()
         self.fault("after_commit")

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.broker import READ_COMMITTED, Broker, ProduceBatch
+from runtime.broker import READ_COMMITTED, Broker
+from runtime.broker.producer import BatchProducer
 from runtime.types import TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,33 +52,14 @@ def load(db: str, rng: random.Random, seconds: float, done: threading.Event) -> 
     vocabulary = [f"w{i}" for i in range(500)]
     words = [rng.choice(vocabulary) for _ in range(EVENTS)]
     broker = Broker(db)
-    pid, epoch = broker.init_producer_id()
-    sequences = [0] * PARTITIONS
+    producer = BatchProducer(broker)
     chunk = 1000
     pause = seconds / (EVENTS / chunk)
 
     def produce() -> None:
-        from runtime.partitioner import partition_for_key
-
         for start in range(0, EVENTS, chunk):
-            per_partition: dict[int, list[str]] = collections.defaultdict(list)
-            for word in words[start : start + chunk]:
-                key = json.dumps(word).encode()
-                per_partition[partition_for_key(key, PARTITIONS)].append(word)
-            batches = []
-            for p, items in per_partition.items():
-                batches.append(
-                    ProduceBatch(
-                        "words",
-                        p,
-                        sequences[p],
-                        [json.dumps(w).encode() for w in items],
-                        [w.encode() for w in items],
-                        [int(time.time() * 1000)] * len(items),
-                    )
-                )
-                sequences[p] += len(items)
-            broker.produce(pid, epoch, batches)
+            chunk_words = words[start : start + chunk]
+            producer.send("words", [(json.dumps(w).encode(), w.encode()) for w in chunk_words])
             time.sleep(pause)
         broker.close()
         done.set()
