@@ -100,7 +100,32 @@ def read_all(broker: Broker, topic: str) -> list:  # type: ignore[type-arg]
     return records
 
 
-def run_suite(tmp_path: Path, guarantee: str, seed: int) -> tuple[list[str], list, dict]:  # type: ignore[type-arg]
+def churn(
+    command: list[str], cwd: Path, env: dict[str, str], rng: random.Random, stop: threading.Event
+) -> None:
+    """Start an extra worker command, let it take partitions (a real rebalance), then stop it
+    gracefully (its partitions move back) or kill it with its supervisor (its session must
+    expire); again and again until `stop`."""
+    while not stop.is_set():
+        extra = subprocess.Popen(command, cwd=cwd, env=env)
+        stop.wait(rng.uniform(1.0, 2.5))
+        if rng.random() < 0.5:
+            extra.send_signal(signal.SIGTERM)
+            try:
+                extra.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                extra.kill()
+        else:
+            for pid in children(extra.pid):
+                os.kill(pid, signal.SIGKILL)
+            extra.kill()
+        extra.wait()
+        stop.wait(rng.uniform(0.2, 1.0))
+
+
+def run_suite(
+    tmp_path: Path, guarantee: str, seed: int, with_churn: bool = False
+) -> tuple[list[str], list, dict]:  # type: ignore[type-arg]
     print(f"fault suite seed: {seed} (replay with STREAMS_FAULT_SEED={seed})")
     rng = random.Random(seed)
     db = str(tmp_path / "broker.db")
@@ -129,9 +154,29 @@ def run_suite(tmp_path: Path, guarantee: str, seed: int) -> tuple[list[str], lis
         env=env,
     )
     kills = 0
+    churning = threading.Event()
+    churner = None
     try:
         loaded = threading.Event()
         words = load(db, rng, seconds=12.0, done=loaded)
+        if with_churn:
+            command = [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "worker",
+                "examples.wordcount:app",
+                "--workers",
+                "1",
+                "--loglevel",
+                "warning",
+            ]
+            churner = threading.Thread(
+                target=churn,
+                args=(command, tmp_path, env, random.Random(seed + 1), churning),
+                daemon=True,
+            )
+            churner.start()
         deadline = time.monotonic() + 120
         while (kills < MIN_KILLS or not loaded.is_set()) and time.monotonic() < deadline:
             time.sleep(rng.uniform(0.3, 1.2))
@@ -148,12 +193,16 @@ def run_suite(tmp_path: Path, guarantee: str, seed: int) -> tuple[list[str], lis
                     os.kill(fresh[0], signal.SIGKILL)
                     kills += 1
         assert kills >= MIN_KILLS and loaded.is_set(), (kills, loaded.is_set())
+        churning.set()
+        if churner is not None:
+            churner.join(timeout=120)
         settle = time.monotonic() + 120
         while committed_lag(broker) != 0:
             assert time.monotonic() < settle, f"lag did not reach 0 (seed {seed})"
             assert supervisor.poll() is None, "the supervisor died"
             time.sleep(0.5)
     finally:
+        churning.set()
         supervisor.send_signal(signal.SIGTERM)
         try:
             code = supervisor.wait(timeout=60)
@@ -207,3 +256,24 @@ def test_at_least_once_shows_duplicates_under_the_same_faults(tmp_path: Path) ->
     words, outputs, table = run_suite(tmp_path, "at_least_once", FIXED_SEED)
     assert len(outputs) > EVENTS, "at-least-once produced no duplicates under 10+ kills"
     assert sum(table.values()) >= len(words)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [FIXED_SEED, None], ids=["fixed-seed", "random-seed"])
+def test_exactly_once_under_kills_while_workers_join_and_leave(
+    tmp_path: Path, seed: int | None
+) -> None:
+    """The same, while an extra worker command keeps joining and leaving (gracefully or by
+    kill -9): real rebalances, cooperative hand-overs and session expiries under the kills."""
+    if seed is None:
+        seed = int(os.environ.get("STREAMS_FAULT_SEED", random.randrange(2**32)))
+    words, outputs, table = run_suite(tmp_path, "exactly_once", seed, with_churn=True)
+    truth = collections.Counter(words)
+    per_word = updates_per_word(outputs)
+    wrong = {
+        w: per_word.get(w, [])[:20]
+        for w, n in truth.items()
+        if per_word.get(w) != list(range(1, n + 1))
+    }
+    assert not wrong, f"seed {seed}: {len(wrong)} words wrong, e.g. {list(wrong.items())[:3]}"
+    assert table == truth, f"seed {seed}"
