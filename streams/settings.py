@@ -111,7 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "transaction_timeout_ms",
         "STREAMS_TRANSACTION_TIMEOUT_MS",
-        lambda app: 60_000,
+        lambda app: 10_000,
         _positive(int),
         "Transaction timeout; a killed worker's transaction is aborted "
         "after it, or at once when the worker restarts.",

@@ -238,6 +238,7 @@ class Worker:
             timeout=timeout, max_records=self.settings.max_poll_records
         )
         if self._to_restore:
+            await self.commit()  # no transaction stays open (and times out) during a restore
             await self._restore()
         processed = 0
         if batch:
