@@ -238,7 +238,6 @@ class Worker:
             timeout=timeout, max_records=self.settings.max_poll_records
         )
         if self._to_restore:
-            await self.commit()  # no transaction stays open (and times out) during a restore
             await self._restore()
         processed = 0
         if batch:
@@ -379,7 +378,12 @@ class Worker:
         log.info("worker %s: revoked %s", self.worker_id, sorted(tps))
 
     async def _on_assign(self, tps: set[TopicPartition]) -> None:
-        # Bookkeeping only: the tables are restored by the loop, before any event.
+        # Runs inside getmany before it fetches, so the positions are those of processed
+        # events: commit them now, so that no transaction stays open (and may time out)
+        # during the restore. Then bookkeeping only: the loop restores the tables before
+        # any event of the new partitions is processed.
+        if self.started:
+            await self.commit()
         self._to_restore |= {tp.partition for tp in tps} - self._owned
         log.info("worker %s: assigned %s", self.worker_id, sorted(tps))
 

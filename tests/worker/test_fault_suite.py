@@ -223,6 +223,15 @@ def run_suite(
     return words, outputs, table
 
 
+def describe(updates: list[int], n: int) -> str:
+    """A wrong update list, briefly: its length against n, where it first goes wrong."""
+    first = next((i for i, c in enumerate(updates) if c != i + 1), len(updates))
+    return (
+        f"{len(updates)} updates for {n} events, first wrong at {first}: "
+        f"{updates[max(0, first - 2) : first + 3]}, last {updates[-3:]}"
+    )
+
+
 def updates_per_word(outputs: list) -> dict[str, list[int]]:  # type: ignore[type-arg]
     per_word: dict[str, list[int]] = collections.defaultdict(list)
     for record in outputs:  # per partition in offset order: each word's updates in order
@@ -240,7 +249,7 @@ def test_exactly_once_under_repeated_kill_9(tmp_path: Path, seed: int | None) ->
     truth = collections.Counter(words)
     per_word = updates_per_word(outputs)
     wrong = {
-        w: per_word.get(w, [])[:20]
+        w: describe(per_word.get(w, []), n)
         for w, n in truth.items()
         if per_word.get(w) != list(range(1, n + 1))
     }
@@ -271,7 +280,7 @@ def test_exactly_once_under_kills_while_workers_join_and_leave(
     truth = collections.Counter(words)
     per_word = updates_per_word(outputs)
     wrong = {
-        w: per_word.get(w, [])[:20]
+        w: describe(per_word.get(w, []), n)
         for w, n in truth.items()
         if per_word.get(w) != list(range(1, n + 1))
     }
