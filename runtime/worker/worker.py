@@ -427,11 +427,9 @@ class Worker:
 
     async def _tail(self, table: TableState, partition: int) -> int:
         tp = TopicPartition(table.spec.changelog, partition)
-        checkpoint = await self.store.checkpoint(table.spec.name, partition)
-        info = await self.transport.partition_info(tp.topic, partition)
-        if checkpoint is not None and not info.log_start <= checkpoint <= info.high_watermark:
-            await self.store.wipe(table.spec.name, partition)
-            checkpoint = None
+        checkpoint, info = await self._fitting_checkpoint(
+            table, tp, await self.store.checkpoint(table.spec.name, partition)
+        )
         start = info.log_start if checkpoint is None else checkpoint
         if start >= info.last_stable:
             return 0
@@ -441,12 +439,43 @@ class Worker:
         batch = await reader.getmany(timeout=0, max_records=STANDBY_BATCH)
         records = batch.get(tp, [])
         if reader.position(tp) > start:
-            latest = {r.key: r.value for r in records if r.key is not None}
-            await self.store.save(
-                [(table.spec.name, partition, key, value) for key, value in latest.items()],
-                {(table.spec.name, partition): reader.position(tp)},
+            await self._save_copy(
+                table,
+                partition,
+                {r.key: r.value for r in records if r.key is not None},
+                reader.position(tp),
             )
         return len(records)
+
+    async def _fitting_checkpoint(
+        self, table: TableState, tp: TopicPartition, checkpoint: int | None
+    ) -> tuple[int | None, Any]:
+        """The store's checkpoint of a changelog partition if it fits the changelog (and the
+        partition's offsets); one that does not (ahead of its end, behind its start) means
+        the store's copy is not a prefix of it: the copy is wiped and None returned."""
+        info = await self.transport.partition_info(tp.topic, tp.partition)
+        if checkpoint is None or info.log_start <= checkpoint <= info.high_watermark:
+            return checkpoint, info
+        log.warning(
+            "store checkpoint %d of %s does not fit the changelog (%d..%d): rebuilding",
+            checkpoint,
+            tp,
+            info.log_start,
+            info.high_watermark,
+        )
+        await self.store.wipe(table.spec.name, tp.partition)
+        return None, info
+
+    async def _save_copy(
+        self, table: TableState, partition: int, latest: dict[bytes, bytes | None], position: int
+    ) -> None:
+        """Save changelog rows (latest value per key) with the offset they reach, together:
+        the store must equal the changelog up to its checkpoint, or a later checkpoint would
+        claim rows it never got."""
+        await self.store.save(
+            [(table.spec.name, partition, key, value) for key, value in latest.items()],
+            {(table.spec.name, partition): position},
+        )
 
     async def _settled_end(self, tp: TopicPartition) -> int:
         """The changelog's end once no transaction is open on it. We own the partition, so an
@@ -470,18 +499,10 @@ class Worker:
 
     async def _restore_partition(self, reader: Any, table: TableState, partition: int) -> int:
         tp = TopicPartition(table.spec.changelog, partition)
-        rows, checkpoint = await self.store.load(table.spec.name, partition)
-        info = await self.transport.partition_info(tp.topic, partition)
-        if checkpoint is not None and not info.log_start <= checkpoint <= info.high_watermark:
-            log.warning(
-                "store checkpoint %d of %s does not fit the changelog (%d..%d): rebuilding",
-                checkpoint,
-                tp,
-                info.log_start,
-                info.high_watermark,
-            )
-            await self.store.wipe(table.spec.name, partition)
-            rows, checkpoint = {}, None
+        rows, stored = await self.store.load(table.spec.name, partition)
+        checkpoint, info = await self._fitting_checkpoint(table, tp, stored)
+        if checkpoint is None:
+            rows = {}
         table.attach(partition, rows)
         start = info.log_start if checkpoint is None else checkpoint
         end = await self._settled_end(tp)
@@ -505,12 +526,7 @@ class Worker:
                     replayed[record.key] = record.value
             count += len(records)
         progress.done()
-        # The store must equal the changelog up to its checkpoint: save what was replayed
-        # with the offset it reaches, or a later checkpoint would claim rows it never got.
-        await self.store.save(
-            [(table.spec.name, partition, key, value) for key, value in replayed.items()],
-            {(table.spec.name, partition): reader.position(tp)},
-        )
+        await self._save_copy(table, partition, replayed, reader.position(tp))
         return count
 
 
