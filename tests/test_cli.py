@@ -158,3 +158,28 @@ def test_worker_processes_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
+
+
+def test_supervisor_counts_a_worker_stopped_while_starting_as_clean() -> None:
+    """SIGTERM reaching a worker before it installed its handler (it has done nothing yet)
+    ends it with -SIGTERM; the supervisor still exits 0. A worker failing exits non-zero."""
+    from runtime.worker.supervisor import Supervisor
+
+    def sleeper(slot: int) -> list[str]:  # a "worker" with no handler: dies of SIGTERM
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    def failing(slot: int) -> list[str]:  # one that handles SIGTERM by exiting with 3
+        return [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))\n"
+            "time.sleep(60)",
+        ]
+
+    for command, expected in ((sleeper, 0), (failing, 1)):
+        supervisor = Supervisor(command, workers=2, grace=10)
+        for child in supervisor.children:
+            supervisor._start(child)
+        time.sleep(0.5)
+        assert supervisor._shutdown() == expected

@@ -114,5 +114,7 @@ class Supervisor:
                 )
                 process.kill()
                 process.wait()
-            clean &= process.returncode == 0
+            # -SIGTERM: a worker still starting up (no handler installed yet, so nothing
+            # processed and nothing to commit) was stopped by our SIGTERM: also clean.
+            clean &= process.returncode in (0, -signal.SIGTERM)
         return 0 if clean and not self.failed else 1
