@@ -16,15 +16,19 @@ mutating them in place.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from runtime.errors import AppError, TableWriteOutsideAgentError
+from runtime.errors import AppError, ConfigurationError, TableWriteOutsideAgentError
 from runtime.worker import MISSING, TableSpec, TableState, current_agent
+from runtime.worker.spec import WindowSpec
+from runtime.worker.windows import Window, WindowedState, to_ms, window_spec
 from streams.codecs import Codec
 
 if TYPE_CHECKING:
     from streams.app import App
+    from streams.topic import Topic
 
 
 class Table:
@@ -44,6 +48,7 @@ class Table:
         self.value = value
         self.default = default
         self.changelog_topic = f"{app.id}-{name}-changelog"
+        self.window: WindowSpec | None = None
         self._state: TableState | None = None
 
     def __repr__(self) -> str:
@@ -51,8 +56,132 @@ class Table:
 
     def spec(self) -> TableSpec:
         return TableSpec(
-            self.name, self.changelog_topic, self.partitions, self.key, self.value, self.default
+            self.name,
+            self.changelog_topic,
+            self.partitions,
+            self.key,
+            self.value,
+            self.default,
+            self.window,
         )
+
+    # --- windows ------------------------------------------------------------------------
+    # Sizes are seconds (floats allowed) or timedeltas; see docs/windows.md.
+
+    def tumbling(
+        self,
+        size: Any,
+        *,
+        grace: Any = 0,
+        expires: Any = None,
+        timestamp: Callable[[Any], Any] | None = None,
+        dead_letter: Topic | str | None = None,
+    ) -> Table:
+        """Fixed, non-overlapping windows [start, start + size), aligned to the epoch."""
+        return self._windowed(
+            window_spec("tumbling", size, grace=grace, expires=expires, timestamp=timestamp),
+            dead_letter,
+        )
+
+    def hopping(
+        self,
+        size: Any,
+        step: Any,
+        *,
+        grace: Any = 0,
+        expires: Any = None,
+        timestamp: Callable[[Any], Any] | None = None,
+        dead_letter: Topic | str | None = None,
+    ) -> Table:
+        """Overlapping windows of `size`, one starting every `step`."""
+        return self._windowed(
+            window_spec(
+                "hopping", size, step=step, grace=grace, expires=expires, timestamp=timestamp
+            ),
+            dead_letter,
+        )
+
+    def sliding(
+        self,
+        size: Any,
+        *,
+        grace: Any = 0,
+        expires: Any = None,
+        timestamp: Callable[[Any], Any] | None = None,
+        dead_letter: Topic | str | None = None,
+    ) -> Table:
+        """Windows [t - size, t] that end at each update's time (difference windows)."""
+        return self._windowed(
+            window_spec("sliding", size, grace=grace, expires=expires, timestamp=timestamp),
+            dead_letter,
+        )
+
+    def session(
+        self,
+        gap: Any,
+        *,
+        grace: Any = 0,
+        expires: Any = None,
+        timestamp: Callable[[Any], Any] | None = None,
+        merge: Callable[[Any, Any], Any] | None = None,
+        dead_letter: Topic | str | None = None,
+    ) -> Table:
+        """Per-key sessions: updates less than `gap` apart share one window; sessions that
+        an update bridges merge (their values combined with `merge`, default `+`)."""
+        spec = window_spec(
+            "session", gap, grace=grace, expires=expires, timestamp=timestamp, merge=merge
+        )
+        return self._windowed(spec, dead_letter)
+
+    def emit_final(self, to: Topic | str, *, idle_close: Any = None) -> Table:
+        """Send one final result per key and window to `to` when the window closes: when the
+        stream time passes its end + grace or, with `idle_close` (seconds), after that much
+        wall-clock time without updates in its partition."""
+        if self.window is None:
+            raise ConfigurationError(
+                f"table {self.name!r}: emit_final() needs a window: call .tumbling(), "
+                ".hopping(), .sliding() or .session() first"
+            )
+        idle = None
+        if idle_close is not None:
+            try:
+                idle = to_ms(idle_close, "idle_close")
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"table {self.name!r}: {exc}") from None
+            if idle <= 0:
+                raise ConfigurationError(f"table {self.name!r}: idle_close must be > 0")
+        self.window = dataclasses.replace(
+            self.window, emit_to=self._topic_name(to), idle_close=idle
+        )
+        return self
+
+    def _windowed(self, spec: WindowSpec, dead_letter: Topic | str | None) -> Table:
+        if self.window is not None:
+            raise ConfigurationError(f"table {self.name!r} already has windows")
+        if dead_letter is not None:
+            spec = dataclasses.replace(spec, dead_letter=self._topic_name(dead_letter))
+        self.window = spec
+        return self
+
+    def _topic_name(self, topic: Topic | str) -> str:
+        if isinstance(topic, str):
+            return self.app.topic(topic).name
+        if self.app.topics.get(topic.name) is not topic:
+            raise ConfigurationError(f"topic {topic.name!r} is not a topic of this app")
+        return topic.name
+
+    def windows(self, key: Any) -> list[Window]:
+        """The live windows of `key` in a windowed table: Window(start, end, value)."""
+        state = self._current()
+        if not isinstance(state, WindowedState):
+            raise AppError(f"table {self.name!r} has no windows")
+        return state.windows(key)
+
+    @property
+    def dropped(self) -> int:
+        """Late updates this worker dropped (windowed tables)."""
+        state = self._current()
+        return state.dropped if isinstance(state, WindowedState) else 0
 
     def _attach(self, state: TableState | None) -> None:
         self._state = state

@@ -32,7 +32,7 @@ from runtime.errors import ProducerFencedError
 from runtime.transport import Consumer, Producer
 from runtime.types import RecordMetadata
 from runtime.worker.store import Change, StateStore
-from runtime.worker.tables import MISSING, TableState
+from runtime.worker.tables import TableState
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,10 @@ class CommitCycle:
         ends: dict[tuple[str, int], int | None] = {}
         for table in self.tables.values():
             spec = table.spec
-            encode_key, encode_value = spec.key.encode, spec.value.encode
             by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
-            for partition, key, value in table.changes():
-                row = (encode_key(key), None if value is MISSING else encode_value(value))
-                changes.append((spec.name, partition, *row))
-                by_partition.setdefault(partition, []).append(row)
+            for partition, key_bytes, value_bytes in table.encoded_changes():
+                changes.append((spec.name, partition, key_bytes, value_bytes))
+                by_partition.setdefault(partition, []).append((key_bytes, value_bytes))
             for partition, rows in by_partition.items():
                 where = (spec.name, partition)
                 ends[where] = None

@@ -50,6 +50,29 @@ class AgentSpec:
     sinks: list[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+    """Event-time windows of a table; every time is in integer milliseconds.
+
+    kind      "tumbling" | "hopping" | "sliding" | "session"
+    size      window size (tumbling, hopping), time difference (sliding) or gap (session)
+    step      advance of hopping windows (= size when tumbling)
+    grace     how long after its end a window still accepts late records
+    expires   how long after its end a window is kept for reads (>= grace)
+    """
+
+    kind: str
+    size: int
+    step: int
+    grace: int
+    expires: int
+    timestamp: Callable[[Any], Any] | None = None  # event time from the value (seconds)
+    merge: Callable[[Any, Any], Any] | None = None  # sessions: combine two merged values
+    emit_to: str | None = None  # topic of final results
+    idle_close: int | None = None  # close windows after this much wall-clock idleness
+    dead_letter: str | None = None  # topic of late records
+
+
 @dataclasses.dataclass
 class TableSpec:
     name: str
@@ -58,6 +81,7 @@ class TableSpec:
     key: CodecLike
     value: CodecLike
     default: Callable[[], Any] | None
+    window: WindowSpec | None = None
 
 
 @dataclasses.dataclass

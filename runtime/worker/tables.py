@@ -122,6 +122,12 @@ class TableState:
                 if not (after is MISSING and before is MISSING):
                     yield partition, key, after
 
+    def encoded_changes(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """The cycle's changelog records: (partition, key, value or None for a deletion)."""
+        encode_key, encode_value = self.spec.key.encode, self.spec.value.encode
+        for partition, key, value in self.changes():
+            yield partition, encode_key(key), None if value is MISSING else encode_value(value)
+
     def committed(self) -> None:
         """The cycle's changes are durable in the changelog: forget how to undo them."""
         self.undo.clear()

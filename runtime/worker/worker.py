@@ -39,6 +39,7 @@ from runtime.worker.slots import Slot
 from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
 from runtime.worker.store import MEMORY, StateStore
 from runtime.worker.tables import TableState
+from runtime.worker.windows import WindowedState
 
 log = logging.getLogger(__name__)
 STANDBY_INTERVAL_S = 0.5  # how often standby partitions are tailed
@@ -89,7 +90,9 @@ class Worker:
         self._preferred_slot = slot
         self.slot: Slot | None = None
         self.fault = fault
-        self.tables = {t.name: TableState(t) for t in spec.tables}
+        self.tables = {t.name: WindowedState(t) if t.window else TableState(t) for t in spec.tables}
+        self._windowed = [t for t in self.tables.values() if isinstance(t, WindowedState)]
+        self._idle_closing = [t for t in self._windowed if t.window.idle_close is not None]
         self.runners = [AgentRunner(a, self._emit, self.tables) for a in spec.agents]
         self.routes: dict[str, list[AgentRunner | RepartitionSpec]] = {}
         for runner in self.runners:
@@ -133,6 +136,8 @@ class Worker:
         )
         if exactly_once:
             await self.producer.init_transactions()  # fences our predecessor, aborts its work
+        for table in self._windowed:
+            table.bind(self.producer.produce, self.spec.topics)
         self.consumer = self.transport.consumer(
             self.spec.app_id,
             isolation=READ_COMMITTED,
@@ -251,6 +256,10 @@ class Worker:
             self.events_processed += processed
             self._since_commit += processed
         now = time.monotonic()
+        if self._idle_closing and any(t.idle_due(now) for t in self._idle_closing):
+            await self.cycle.begin()  # idle partitions close their windows
+            for table in self._idle_closing:
+                table.close_idle(now)
         if self._standby_due <= now and self.settings.table_standby_replicas and self.tables:
             self._standby_due = now + STANDBY_INTERVAL_S
             await self._tail_standbys()

@@ -1,0 +1,703 @@
+"""Windowed tables: a table whose values live in event-time windows.
+
+    views = app.table("views", default=int).tumbling(60, grace=10).emit_final(to=results)
+    views[page] += 1              # every window holding the current event's time
+    views[page].current()         # the (latest) window holding it
+
+Each table partition keeps its stream time: the largest event time its updates carried. A
+window closes when the stream time passes its end plus grace, and is removed when it passes its
+end plus `expires`. The boundaries are Kafka Streams' (kafka-semantics.md section 5):
+
+    kind               window                            closed when stream time
+    tumbling/hopping   [start, start + size)             >= end + grace
+    sliding (diff d)   [start, end], both inclusive      >  end + grace
+    session (gap g)    [first, last] event time          >  end + g + grace
+
+An update at a time whose windows are all closed is late: dropped, counted (`dropped`) and,
+if the table has a dead-letter topic, sent there.
+
+Rows, in memory, in the local store and in the changelog, are keyed (tag, start, end, key):
+
+    ("w", start, end, key) -> value     a tumbling or hopping window
+    ("s", start, end, key) -> value     a session
+    ("r", ts, ts, key)     -> [[stream time at arrival, op, operand], ...]
+                                        sliding: the updates at ts; a sliding window's value
+                                        is folded from the updates inside it that arrived
+                                        before it closed (in event-time order)
+    ("m", 0, 0, None)      -> stream time of the partition
+
+A window closes in the transaction that moves the stream time past it, and its final result
+(`emit_to`) is produced in that same transaction: after any crash the restored stream time
+says exactly which windows were already sent, so each is sent once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import logging
+import operator
+import struct
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+import orjson
+
+from runtime.errors import AppError, ConfigurationError, TableWriteOutsideAgentError
+from runtime.types import Event, Record
+from runtime.worker.agents import current_agent
+from runtime.worker.spec import TableSpec, TopicSpec, WindowSpec
+from runtime.worker.tables import MISSING, TableState
+
+log = logging.getLogger(__name__)
+
+WINDOW, SESSION, UPDATES, META = "w", "s", "r", "m"
+META_KEY: tuple[str, int, int, Any] = (META, 0, 0, None)
+NO_TIME = -(2**62)  # stream time before any update
+_BOUNDS = struct.Struct(">qq")
+
+# In-place operators a window set supports, by the name stored in sliding updates.
+OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "set": lambda _old, new: new,
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "truediv": operator.truediv,
+    "floordiv": operator.floordiv,
+    "mod": operator.mod,
+    "pow": operator.pow,
+    "or": operator.or_,
+    "and": operator.and_,
+    "xor": operator.xor,
+    "lshift": operator.lshift,
+    "rshift": operator.rshift,
+}
+
+Produce = Callable[..., None]
+
+
+class Window(NamedTuple):
+    """A live window of one key: bounds in seconds since the epoch (end exclusive for
+    tumbling and hopping windows, inclusive for sliding windows and sessions)."""
+
+    start: float
+    end: float
+    value: Any
+
+
+def to_ms(value: Any, what: str = "a time") -> int:
+    """Seconds (int, float), a datetime or a timedelta as integer milliseconds."""
+    if isinstance(value, datetime):
+        return round(value.timestamp() * 1000)
+    if isinstance(value, timedelta):
+        return round(value.total_seconds() * 1000)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be seconds (int or float), a datetime or a timedelta")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} must be finite, not {value!r}")
+    return round(value * 1000)
+
+
+def window_spec(
+    kind: str,
+    size: Any,
+    *,
+    step: Any = None,
+    grace: Any = 0,
+    expires: Any = None,
+    timestamp: Callable[[Any], Any] | None = None,
+    merge: Callable[[Any, Any], Any] | None = None,
+) -> WindowSpec:
+    """Validate a window declaration (seconds or timedeltas) into a WindowSpec (ms)."""
+    try:
+        size_ms = to_ms(size, "the window size")
+        step_ms = size_ms if step is None else to_ms(step, "the hop step")
+        grace_ms = to_ms(grace, "grace")
+        expires_ms = grace_ms if expires is None else to_ms(expires, "expires")
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{kind} window: {exc}") from None
+    if size_ms <= 0:
+        raise ConfigurationError(f"{kind} window: the size must be at least 1 ms, got {size!r}")
+    if not 0 < step_ms <= size_ms:
+        raise ConfigurationError(f"hopping window: need 0 < step <= size, got step {step!r}")
+    if grace_ms < 0:
+        raise ConfigurationError(f"{kind} window: grace must be >= 0, got {grace!r}")
+    if expires_ms < grace_ms:
+        raise ConfigurationError(
+            f"{kind} window: expires ({expires!r}) must be at least grace ({grace!r}): a "
+            "window must be kept until it can no longer change"
+        )
+    if timestamp is not None and not callable(timestamp):
+        raise ConfigurationError("timestamp= must be a function of the event's value")
+    if merge is not None and not callable(merge):
+        raise ConfigurationError("merge= must be a function of two values")
+    return WindowSpec(kind, size_ms, step_ms, grace_ms, expires_ms, timestamp, merge)
+
+
+def windows_for(ts: int, size: int, step: int) -> range:
+    """Starts of the tumbling/hopping windows [start, start + size) holding `ts`."""
+    first = max(0, ts - size + step) // step * step
+    return range(first, ts + 1, step)
+
+
+def sliding_fold(
+    entries: list[tuple[int, list[Any]]], start: int, end: int, close_at: int, default: Any
+) -> Any:
+    """A sliding window's value: the updates at times in [start, end] that arrived before the
+    window closed (stream time at arrival < close_at), folded in event-time order."""
+    value, found = default, False
+    for ts, updates in entries:
+        if start <= ts <= end:
+            for arrived, op, operand in updates:
+                if arrived < close_at:
+                    value = OPS[op](value, operand) if found or value is not MISSING else operand
+                    found = True
+    return value if found else MISSING
+
+
+class WindowSet:
+    """`table[key]` of a windowed table: updates every window of the current event's time;
+    reads one window."""
+
+    __slots__ = ("key", "state")
+
+    def __init__(self, state: WindowedState, key: Any) -> None:
+        self.state = state
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"<WindowSet {self.state.spec.name}[{self.key!r}]>"
+
+    def current(self) -> Any:
+        """The value of the window holding the current event's time (the latest one, for
+        hopping windows)."""
+        return self.state.value_at(self.key, self.state.event_time(self.state.current_event()))
+
+    def now(self) -> Any:
+        """The value of the window holding the wall-clock time."""
+        return self.state.value_at(self.key, round(time.time() * 1000))
+
+    def value(self, at: Any) -> Any:
+        """The value of the window holding time `at` (seconds or a datetime)."""
+        return self.state.value_at(self.key, to_ms(at, "at="))
+
+    def delta(self, seconds: Any) -> Any:
+        """The value of the window holding the current event's time minus `seconds`."""
+        ts = self.state.event_time(self.state.current_event())
+        return self.state.value_at(self.key, ts - to_ms(seconds, "delta"))
+
+
+def _in_place(op: str) -> Callable[[WindowSet, Any], WindowSet]:
+    def apply(self: WindowSet, operand: Any) -> WindowSet:
+        self.state.update(self.key, op, operand)
+        return self
+
+    apply.__name__ = f"__i{op}__"
+    return apply
+
+
+for _op in OPS:
+    if _op != "set":
+        setattr(WindowSet, f"__i{_op}__", _in_place(_op))
+
+
+class WindowedState(TableState):
+    """The working copy of a windowed table's owned partitions (see the module docstring)."""
+
+    def __init__(self, spec: TableSpec) -> None:
+        super().__init__(spec)
+        assert spec.window is not None
+        self.window: WindowSpec = spec.window
+        self.stream_time: dict[int, int] = {}
+        self._time_undo: dict[int, int] = {}  # partition -> stream time before the cycle
+        self._closing: dict[int, list[tuple[int, int, Any]]] = {}  # (close at, seq, what)
+        self._expiring: dict[int, list[tuple[int, int, Any]]] = {}  # (expire at, seq, row)
+        self._by_key: dict[int, dict[Any, list[Any]]] = {}  # rows (or update times) per key
+        self._pending: dict[int, set[tuple[int, int, Any]]] = {}  # sliding windows queued
+        self._last_update: dict[int, tuple[float, int]] = {}  # monotonic time, stream time
+        self._seq = itertools.count()
+        self.produce: Produce | None = None
+        self.emit_topic: TopicSpec | None = None
+        self.dead_letter_topic: TopicSpec | None = None
+        self.dropped = 0  # late updates (this process)
+        self.emitted = 0  # final results produced (this process, including aborted ones)
+        kind = self.window.kind
+        self._update_kind = {
+            "tumbling": self._update_time,
+            "hopping": self._update_time,
+            "sliding": self._update_sliding,
+            "session": self._update_session,
+        }[kind]
+
+    def bind(self, produce: Produce, topics: dict[str, TopicSpec]) -> None:
+        """Where final results and late records go (the worker's producer)."""
+        self.produce = produce
+        self.emit_topic = topics[self.window.emit_to] if self.window.emit_to else None
+        dead = self.window.dead_letter
+        self.dead_letter_topic = topics[dead] if dead else None
+
+    # --- time ---------------------------------------------------------------------------
+
+    def current_event(self) -> Event:
+        runner = current_agent.get()
+        event = None if runner is None else runner.inbox.current
+        if event is None:
+            raise AppError(
+                f"windowed table {self.spec.name!r}: there is no current event here (outside "
+                "an agent); use .now() or .value(at=...) to read a window"
+            )
+        return event
+
+    def event_time(self, event: Event) -> int:
+        fn = self.window.timestamp
+        if fn is None:
+            return event.timestamp
+        try:
+            return to_ms(fn(event.value), "the event time")
+        except (TypeError, ValueError) as exc:
+            raise AppError(
+                f"windowed table {self.spec.name!r}: timestamp= gave a bad time for the event "
+                f"at {event.topic}[{event.partition}]@{event.offset}: {exc}"
+            ) from exc
+
+    def _close_at(self, start: int, end: int) -> int:
+        """The stream time at which a window [start, end] is closed."""
+        w = self.window
+        if w.kind == "sliding":
+            return end + w.grace + 1
+        if w.kind == "session":
+            return end + w.size + w.grace + 1
+        return end + w.grace
+
+    def _expire_at(self, start: int, end: int) -> int:
+        return self._close_at(start, end) - self.window.grace + self.window.expires
+
+    def _advance(self, partition: int, ts: int) -> int:
+        st = self.stream_time[partition]
+        if ts > st:
+            if partition not in self._time_undo:
+                self._time_undo[partition] = st
+            self.stream_time[partition] = st = ts
+        return st
+
+    # --- writes -------------------------------------------------------------------------
+
+    def update(self, key: Any, op: str, operand: Any) -> None:
+        """Apply `op` to every open window of `key` holding the current event's time."""
+        runner = current_agent.get()
+        event = None if runner is None else runner.inbox.current
+        if event is None:
+            raise TableWriteOutsideAgentError(
+                f"windowed table {self.spec.name!r} was written outside an agent: a window "
+                "update needs the event being processed (its time picks the windows)"
+            )
+        ts = self.event_time(event)
+        partition, rows = self._owned(key)
+        st = self._advance(partition, ts)
+        self._last_update[partition] = (time.monotonic(), st)
+        if not self._update_kind(partition, rows, key, ts, st, op, operand):
+            self._late(event, ts, st)
+        closing = self._closing[partition]
+        if closing and closing[0][0] <= st:
+            self._close(partition, st)
+
+    def _write(self, partition: int, rows: dict[Any, Any], row: Any, value: Any) -> None:
+        undo = self.undo.get(partition)
+        if undo is None:
+            undo = self.undo[partition] = {}
+        if row not in undo:
+            undo[row] = rows.get(row, MISSING)
+        rows[row] = value
+
+    def _remove(self, partition: int, rows: dict[Any, Any], row: Any) -> None:
+        self._write(partition, rows, row, MISSING)
+        del rows[row]
+        rows_of_key = self._by_key[partition].get(row[3])
+        if rows_of_key is not None:
+            item = row[1] if row[0] == UPDATES else row
+            if item in rows_of_key:
+                rows_of_key.remove(item)
+            if not rows_of_key:
+                del self._by_key[partition][row[3]]
+
+    def _apply(self, op: str, old: Any, operand: Any, key: Any) -> Any:
+        if op == "set":
+            return operand
+        if old is MISSING:
+            if self.spec.default is None:
+                raise KeyError(
+                    f"windowed table {self.spec.name!r} has no default= for the first "
+                    f"update of key {key!r}"
+                )
+            old = self.spec.default()
+        return OPS[op](old, operand)
+
+    def _push(self, heap: list[tuple[int, int, Any]], at: int, what: Any) -> None:
+        heapq.heappush(heap, (at, next(self._seq), what))
+
+    def _update_time(
+        self, partition: int, rows: dict[Any, Any], key: Any, ts: int, st: int, op: str, x: Any
+    ) -> bool:
+        size, grace = self.window.size, self.window.grace
+        accepted = False
+        for start in windows_for(ts, size, self.window.step):
+            end = start + size
+            if end + grace <= st:
+                continue  # this window is closed
+            row = (WINDOW, start, end, key)
+            old = rows.get(row, MISSING)
+            if old is MISSING:
+                self._push(self._closing[partition], end + grace, row)
+                self._by_key[partition].setdefault(key, []).append(row)
+            self._write(partition, rows, row, self._apply(op, old, x, key))
+            accepted = True
+        return accepted
+
+    def _update_session(
+        self, partition: int, rows: dict[Any, Any], key: Any, ts: int, st: int, op: str, x: Any
+    ) -> bool:
+        gap = self.window.size
+        sessions = self._by_key[partition].get(key, [])
+        merged = sorted(r for r in sessions if r[2] >= ts - gap and r[1] <= ts + gap)
+        start = min([ts, *(r[1] for r in merged)])
+        end = max([ts, *(r[2] for r in merged)])
+        if end < st - self.window.grace - gap:
+            return False
+        if any(self._close_at(r[1], r[2]) <= st for r in merged):
+            return False  # it would reopen a session whose final result is out
+        value: Any = MISSING
+        merge = self.window.merge or operator.add
+        for row in merged:
+            value = rows[row] if value is MISSING else merge(value, rows[row])
+        value = self._apply(op, value, x, key)
+        new_row = (SESSION, start, end, key)
+        for row in merged:
+            if row != new_row:
+                self._remove(partition, rows, row)
+        if new_row not in merged:
+            self._push(self._closing[partition], self._close_at(start, end), new_row)
+            self._by_key[partition].setdefault(key, []).append(new_row)
+        self._write(partition, rows, new_row, value)
+        return True
+
+    def _update_sliding(
+        self, partition: int, rows: dict[Any, Any], key: Any, ts: int, st: int, op: str, x: Any
+    ) -> bool:
+        d = self.window.size
+        if ts + d < st - self.window.grace:
+            return False
+        row = (UPDATES, ts, ts, key)
+        old = rows.get(row, MISSING)
+        if old is MISSING:
+            times = self._by_key[partition].setdefault(key, [])
+            bisect.insort(times, ts)
+            self._push(self._expiring[partition], self._expire_at(ts, ts + d), row)
+            self._write(partition, rows, row, [[st, op, x]])
+        else:
+            times = self._by_key[partition][key]
+            self._write(partition, rows, row, [*old, [st, op, x]])
+        # windows that now hold an update: ts's left window, the right windows of the
+        # updates just before ts, and ts's own right window if later updates exist
+        candidates = [(ts - d, ts)]
+        low = bisect.bisect_left(times, ts - d - 1)
+        for r in times[low : bisect.bisect_left(times, ts)]:
+            candidates.append((r + 1, r + 1 + d))
+        after = bisect.bisect_right(times, ts)
+        if after < len(times) and times[after] <= ts + 1 + d:
+            candidates.append((ts + 1, ts + 1 + d))
+        self._queue_sliding(partition, key, candidates, st)
+        return True
+
+    def _queue_sliding(
+        self, partition: int, key: Any, bounds: list[tuple[int, int]], st: int
+    ) -> None:
+        pending = self._pending[partition]
+        for start, end in bounds:
+            close_at = self._close_at(start, end)
+            what = (start, end, key)
+            if close_at > st and what not in pending:
+                pending.add(what)
+                self._push(self._closing[partition], close_at, what)
+
+    def _late(self, event: Event, ts: int, st: int) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning(
+                "windowed table %s: dropped a late update (event time %d ms, stream time %d "
+                "ms, grace %d ms) from %s[%d]@%d; %d dropped so far",
+                self.spec.name,
+                ts,
+                st,
+                self.window.grace,
+                event.topic,
+                event.partition,
+                event.offset,
+                self.dropped,
+            )
+        topic = self.dead_letter_topic
+        if topic is not None and self.produce is not None:
+            self.produce(
+                topic.name,
+                None if event.value is None else topic.value.encode(event.value),
+                None if event.key is None else topic.key.encode(event.key),
+                timestamp=event.timestamp,
+            )
+
+    # --- closing and expiry -------------------------------------------------------------
+
+    def _close(self, partition: int, st: int) -> None:
+        """Close every window the stream time passed: send its final result, and remove
+        it (or schedule its removal) from the table."""
+        rows = self.partitions[partition]
+        closing = self._closing[partition]
+        while closing and closing[0][0] <= st:
+            _, _, what = heapq.heappop(closing)
+            if self.window.kind == "sliding":
+                self._pending[partition].discard(what)
+                start, end, key = what
+                value = self._sliding_value(partition, key, start, end)
+                if value is not MISSING:
+                    self._emit(key, start, end, value)
+                continue
+            if what not in rows:
+                continue  # merged into a larger session
+            self._emit(what[3], what[1], what[2], rows[what])
+            expire_at = self._expire_at(what[1], what[2])
+            if expire_at <= st:
+                self._remove(partition, rows, what)
+            else:
+                self._push(self._expiring[partition], expire_at, what)
+        expiring = self._expiring[partition]
+        while expiring and expiring[0][0] <= st:
+            _, _, row = heapq.heappop(expiring)
+            if row in rows:
+                self._remove(partition, rows, row)
+
+    def _emit(self, key: Any, start: int, end: int, value: Any) -> None:
+        topic = self.emit_topic
+        if topic is None or self.produce is None:
+            return
+        result = {"key": key, "start": start / 1000, "end": end / 1000, "value": value}
+        self.produce(
+            topic.name,
+            topic.value.encode(result),
+            None if key is None else topic.key.encode(key),
+            timestamp=end,
+        )
+        self.emitted += 1
+
+    def idle_due(self, now: float) -> bool:
+        """Whether some owned partition, idle for `idle_close`, has windows to close now."""
+        return any(self._idle_time(p, now) is not None for p in self.partitions)
+
+    def close_idle(self, now: float) -> None:
+        """Advance the stream time of idle partitions by the wall-clock time they were idle,
+        closing what it passes (the caller has a transaction open)."""
+        for partition in list(self.partitions):
+            st = self._idle_time(partition, now)
+            if st is not None:
+                self._advance(partition, st)
+                self._close(partition, self.stream_time[partition])
+
+    def _idle_time(self, partition: int, now: float) -> int | None:
+        idle = self.window.idle_close
+        closing = self._closing.get(partition)
+        if idle is None or not closing or partition not in self._last_update:
+            return None
+        since, st = self._last_update[partition]
+        if (now - since) * 1000 < idle:
+            return None
+        advanced = st + round((now - since) * 1000)
+        return advanced if closing[0][0] <= advanced else None
+
+    # --- reads --------------------------------------------------------------------------
+
+    def value_at(self, key: Any, ts: int) -> Any:
+        partition, rows = self._owned(key)
+        w = self.window
+        value: Any = MISSING
+        if w.kind in ("tumbling", "hopping"):
+            start = ts // w.step * w.step
+            value = rows.get((WINDOW, start, start + w.size, key), MISSING)
+        elif w.kind == "session":
+            for row in self._by_key[partition].get(key, []):
+                if row[1] <= ts <= row[2]:
+                    value = rows[row]
+        else:
+            value = self._sliding_value(partition, key, ts - w.size, ts)
+        if value is MISSING:
+            if self.spec.default is None:
+                raise KeyError(key)
+            return self.spec.default()
+        return value
+
+    def _sliding_value(self, partition: int, key: Any, start: int, end: int) -> Any:
+        times = self._by_key[partition].get(key, [])
+        rows = self.partitions[partition]
+        inside = times[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]
+        entries = [(t, rows[(UPDATES, t, t, key)]) for t in inside]
+        default = MISSING if self.spec.default is None else self.spec.default()
+        return sliding_fold(entries, start, end, self._close_at(start, end), default)
+
+    def windows(self, key: Any) -> list[Window]:
+        """The live windows of `key` (not expired), oldest first."""
+        partition, rows = self._owned(key)
+        if self.window.kind != "sliding":
+            found = sorted(self._by_key[partition].get(key, []))
+            return [Window(r[1] / 1000, r[2] / 1000, rows[r]) for r in found]
+        out = []
+        for start, end in self._sliding_windows(partition, key):
+            value = self._sliding_value(partition, key, start, end)
+            if value is not MISSING:
+                out.append(Window(start / 1000, end / 1000, value))
+        return out
+
+    def _sliding_windows(self, partition: int, key: Any) -> list[tuple[int, int]]:
+        """Bounds of the sliding windows of `key` that may hold updates: each update time's
+        left window, and the right window of each update followed by another within d."""
+        d = self.window.size
+        times = self._by_key[partition].get(key, [])
+        bounds = {(t - d, t) for t in times}
+        for t, later in itertools.pairwise(times):
+            if later <= t + 1 + d:
+                bounds.add((t + 1, t + 1 + d))
+        return sorted(bounds)
+
+    def get(self, key: Any, default: Any = MISSING) -> Any:
+        self.partition_of(key)  # a clear error for an unhashable key
+        return WindowSet(self, key)
+
+    def contains(self, key: Any) -> bool:
+        partition, _ = self._owned(key)
+        return key in self._by_key[partition]
+
+    def set(self, key: Any, value: Any) -> None:
+        if isinstance(value, WindowSet):
+            if value.key == key and value.state is self:
+                return  # `table[key] += 1`: the in-place operator already applied it
+            raise TypeError("assign a value to a window, not another key's windows")
+        self.update(key, "set", value)
+
+    def delete(self, key: Any) -> None:
+        partition, rows = self._owned(key)
+        if key not in self._by_key[partition]:
+            raise KeyError(key)
+        for item in list(self._by_key[partition][key]):
+            row = (UPDATES, item, item, key) if self.window.kind == "sliding" else item
+            self._remove(partition, rows, row)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        """((key, start, end), value) of every live window, bounds in seconds."""
+        for partition in self.partitions:
+            for key in list(self._by_key[partition]):
+                for w in self.windows(key):
+                    yield (key, w.start, w.end), w.value
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.items())
+
+    # --- the commit cycle ---------------------------------------------------------------
+
+    def encoded_changes(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        for partition, row, value in self.changes():
+            yield partition, self._encode_row(row), self._encode_value(row, value)
+        for partition, before in self._time_undo.items():
+            st = self.stream_time.get(partition)
+            if st is not None and st != before:
+                yield partition, self._encode_row(META_KEY), orjson.dumps(st)
+
+    def _encode_row(self, row: Any) -> bytes:
+        tag, start, end, key = row
+        head: bytes = tag.encode() + _BOUNDS.pack(start, end)
+        return head if tag == META else head + bytes(self.spec.key.encode(key))
+
+    def _encode_value(self, row: Any, value: Any) -> bytes | None:
+        if value is MISSING:
+            return None
+        if row[0] == UPDATES:
+            return orjson.dumps(value)
+        return self.spec.value.encode(value)
+
+    def committed(self) -> None:
+        super().committed()
+        self._time_undo.clear()
+
+    def rollback(self) -> None:
+        super().rollback()
+        for partition, before in self._time_undo.items():
+            if partition in self.stream_time:
+                self.stream_time[partition] = before
+        self._time_undo.clear()
+        for partition in self.partitions:
+            self._reindex(partition)
+
+    # --- assignment and restore ---------------------------------------------------------
+
+    def attach(self, partition: int, rows: dict[bytes, bytes]) -> None:
+        self.partitions[partition] = {}
+        self.stream_time[partition] = NO_TIME
+        self._apply_rows(partition, rows.items())
+
+    def apply_changelog(self, partition: int, records: list[Record]) -> None:
+        self._apply_rows(partition, ((r.key, r.value) for r in records if r.key is not None))
+
+    def _apply_rows(self, partition: int, rows: Any) -> None:
+        table = self.partitions[partition]
+        decode_key, decode_value = self.spec.key.decode, self.spec.value.decode
+        for key_bytes, value_bytes in rows:
+            tag = key_bytes[:1].decode()
+            if tag == META:
+                if value_bytes is not None:
+                    self.stream_time[partition] = orjson.loads(value_bytes)
+                continue
+            start, end = _BOUNDS.unpack_from(key_bytes, 1)
+            row = (tag, start, end, decode_key(key_bytes[17:]))
+            if value_bytes is None:
+                table.pop(row, None)
+            elif tag == UPDATES:
+                table[row] = orjson.loads(value_bytes)
+            else:
+                table[row] = decode_value(value_bytes)
+        self._reindex(partition)
+
+    def _reindex(self, partition: int) -> None:
+        """Rebuild the partition's indexes from its rows and stream time (after a restore
+        or an abort): nothing in them is state of its own."""
+        rows = self.partitions[partition]
+        st = self.stream_time[partition]
+        closing: list[tuple[int, int, Any]] = []
+        expiring: list[tuple[int, int, Any]] = []
+        by_key: dict[Any, list[Any]] = {}
+        self._closing[partition], self._expiring[partition] = closing, expiring
+        self._by_key[partition], self._pending[partition] = by_key, set()
+        for row in rows:
+            tag, start, end, key = row
+            if tag == UPDATES:
+                bisect.insort(by_key.setdefault(key, []), start)
+                self._push(expiring, self._expire_at(start, start + self.window.size), row)
+                continue
+            by_key.setdefault(key, []).append(row)
+            if self._close_at(start, end) > st:
+                self._push(closing, self._close_at(start, end), row)
+            else:  # closed (its result is out): kept for reads until it expires
+                self._push(expiring, self._expire_at(start, end), row)
+        if self.window.kind == "sliding":
+            for key in by_key:
+                self._queue_sliding(partition, key, self._sliding_windows(partition, key), st)
+        self._last_update[partition] = (time.monotonic(), st)
+
+    def detach(self, partition: int) -> None:
+        super().detach(partition)
+        for index in (
+            self.stream_time,
+            self._time_undo,
+            self._closing,
+            self._expiring,
+            self._by_key,
+            self._pending,
+            self._last_update,
+        ):
+            index.pop(partition, None)
