@@ -11,6 +11,7 @@ BENCHMARKS = {
     "broker": "benchmarks.broker",
     "wordcount": "benchmarks.wordcount",
     "scaling": "benchmarks.scaling",
+    "windows": "benchmarks.windows",
 }
 
 

@@ -158,6 +158,32 @@ def sliding_fold(
     return value if found else MISSING
 
 
+class _Schedule:
+    """What falls due at a stream time: a heap of distinct times and a list per time (all
+    the windows of one start close together, so a time window costs no heap operation)."""
+
+    __slots__ = ("due_at", "times")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.due_at: dict[int, list[Any]] = {}
+
+    def add(self, at: int, what: Any) -> None:
+        bucket = self.due_at.get(at)
+        if bucket is None:
+            self.due_at[at] = [what]
+            heapq.heappush(self.times, at)
+        else:
+            bucket.append(what)
+
+    def pop_due(self, st: int) -> list[Any]:
+        """Everything due at or before `st`, earliest first."""
+        out: list[Any] = []
+        while self.times and self.times[0] <= st:
+            out.extend(self.due_at.pop(heapq.heappop(self.times)))
+        return out
+
+
 class WindowSet:
     """`table[key]` of a windowed table: updates every window of the current event's time;
     reads one window."""
@@ -213,12 +239,17 @@ class WindowedState(TableState):
         self.window: WindowSpec = spec.window
         self.stream_time: dict[int, int] = {}
         self._time_undo: dict[int, int] = {}  # partition -> stream time before the cycle
-        self._closing: dict[int, list[tuple[int, int, Any]]] = {}  # (close at, seq, what)
-        self._expiring: dict[int, list[tuple[int, int, Any]]] = {}  # (expire at, seq, row)
-        self._by_key: dict[int, dict[Any, list[Any]]] = {}  # rows (or update times) per key
+        self._closing: dict[int, _Schedule] = {}  # windows by the stream time closing them
+        self._expiring: dict[int, _Schedule] = {}  # rows by the stream time removing them
+        # sessions (rows) and sliding update times per key; time windows need no index
+        self._by_key: dict[int, dict[Any, list[Any]]] = {}
         self._pending: dict[int, set[tuple[int, int, Any]]] = {}  # sliding windows queued
         self._last_update: dict[int, tuple[float, int]] = {}  # monotonic time, stream time
-        self._seq = itertools.count()
+        self._timed = self.window.kind in ("tumbling", "hopping")
+        self._tumbling = self.window.kind == "tumbling"
+        self._heads: dict[tuple[str, int, int], bytes] = {}  # encoded (tag, start, end)
+        self._key_bytes: dict[Any, bytes] = {}  # encoded keys
+        self._idle = self.window.idle_close is not None
         self.produce: Produce | None = None
         self.emit_topic: TopicSpec | None = None
         self.dead_letter_topic: TopicSpec | None = None
@@ -294,14 +325,35 @@ class WindowedState(TableState):
                 f"windowed table {self.spec.name!r} was written outside an agent: a window "
                 "update needs the event being processed (its time picks the windows)"
             )
-        ts = self.event_time(event)
-        partition, rows = self._owned(key)
-        st = self._advance(partition, ts)
-        self._last_update[partition] = (time.monotonic(), st)
-        if not self._update_kind(partition, rows, key, ts, st, op, operand):
+        ts = event.timestamp if self.window.timestamp is None else self.event_time(event)
+        try:  # fast path, as in TableState.get
+            partition = self._placement[key]
+            rows = self.partitions[partition]
+        except (KeyError, TypeError):
+            partition, rows = self._owned(key)
+        st = self.stream_time[partition]
+        if ts > st:  # the stream time advances
+            if partition not in self._time_undo:
+                self._time_undo[partition] = st
+            self.stream_time[partition] = st = ts
+        if self._idle:
+            self._last_update[partition] = (time.monotonic(), st)
+        fast = False
+        if self._tumbling and ts >= 0:  # fast path: an update of an open window that exists
+            w = self.window
+            start = ts - ts % w.size
+            row = (WINDOW, start, start + w.size, key)
+            old = rows.get(row, MISSING)
+            undo = self.undo.get(partition)
+            if old is not MISSING and undo is not None and start + w.size + w.grace > st:
+                if row not in undo:
+                    undo[row] = old
+                rows[row] = OPS[op](old, operand)
+                fast = True
+        if not fast and not self._update_kind(partition, rows, key, ts, st, op, operand):
             self._late(event, ts, st)
-        closing = self._closing[partition]
-        if closing and closing[0][0] <= st:
+        closing, expiring = self._closing[partition].times, self._expiring[partition].times
+        if (closing and closing[0] <= st) or (expiring and expiring[0] <= st):
             self._close(partition, st)
 
     def _write(self, partition: int, rows: dict[Any, Any], row: Any, value: Any) -> None:
@@ -315,6 +367,8 @@ class WindowedState(TableState):
     def _remove(self, partition: int, rows: dict[Any, Any], row: Any) -> None:
         self._write(partition, rows, row, MISSING)
         del rows[row]
+        if self._timed:
+            return
         rows_of_key = self._by_key[partition].get(row[3])
         if rows_of_key is not None:
             item = row[1] if row[0] == UPDATES else row
@@ -335,24 +389,29 @@ class WindowedState(TableState):
             old = self.spec.default()
         return OPS[op](old, operand)
 
-    def _push(self, heap: list[tuple[int, int, Any]], at: int, what: Any) -> None:
-        heapq.heappush(heap, (at, next(self._seq), what))
-
     def _update_time(
         self, partition: int, rows: dict[Any, Any], key: Any, ts: int, st: int, op: str, x: Any
     ) -> bool:
-        size, grace = self.window.size, self.window.grace
+        size, grace, step = self.window.size, self.window.grace, self.window.step
+        undo = self.undo.get(partition)
+        if undo is None:
+            undo = self.undo[partition] = {}
+        fn = OPS[op]
         accepted = False
-        for start in windows_for(ts, size, self.window.step):
+        for start in range(max(0, ts - size + step) // step * step, ts + 1, step):  # windows_for
             end = start + size
             if end + grace <= st:
                 continue  # this window is closed
             row = (WINDOW, start, end, key)
             old = rows.get(row, MISSING)
             if old is MISSING:
-                self._push(self._closing[partition], end + grace, row)
-                self._by_key[partition].setdefault(key, []).append(row)
-            self._write(partition, rows, row, self._apply(op, old, x, key))
+                self._closing[partition].add(end + grace, row)
+                undo.setdefault(row, MISSING)
+                rows[row] = self._apply(op, MISSING, x, key)
+            else:
+                if row not in undo:
+                    undo[row] = old
+                rows[row] = fn(old, x)
             accepted = True
         return accepted
 
@@ -378,7 +437,7 @@ class WindowedState(TableState):
             if row != new_row:
                 self._remove(partition, rows, row)
         if new_row not in merged:
-            self._push(self._closing[partition], self._close_at(start, end), new_row)
+            self._closing[partition].add(self._close_at(start, end), new_row)
             self._by_key[partition].setdefault(key, []).append(new_row)
         self._write(partition, rows, new_row, value)
         return True
@@ -394,7 +453,7 @@ class WindowedState(TableState):
         if old is MISSING:
             times = self._by_key[partition].setdefault(key, [])
             bisect.insort(times, ts)
-            self._push(self._expiring[partition], self._expire_at(ts, ts + d), row)
+            self._expiring[partition].add(self._expire_at(ts, ts + d), row)
             self._write(partition, rows, row, [[st, op, x]])
         else:
             times = self._by_key[partition][key]
@@ -420,7 +479,7 @@ class WindowedState(TableState):
             what = (start, end, key)
             if close_at > st and what not in pending:
                 pending.add(what)
-                self._push(self._closing[partition], close_at, what)
+                self._closing[partition].add(close_at, what)
 
     def _late(self, event: Event, ts: int, st: int) -> None:
         self.dropped += 1
@@ -452,9 +511,7 @@ class WindowedState(TableState):
         """Close every window the stream time passed: send its final result, and remove
         it (or schedule its removal) from the table."""
         rows = self.partitions[partition]
-        closing = self._closing[partition]
-        while closing and closing[0][0] <= st:
-            _, _, what = heapq.heappop(closing)
+        for what in self._closing[partition].pop_due(st):
             if self.window.kind == "sliding":
                 self._pending[partition].discard(what)
                 start, end, key = what
@@ -469,10 +526,8 @@ class WindowedState(TableState):
             if expire_at <= st:
                 self._remove(partition, rows, what)
             else:
-                self._push(self._expiring[partition], expire_at, what)
-        expiring = self._expiring[partition]
-        while expiring and expiring[0][0] <= st:
-            _, _, row = heapq.heappop(expiring)
+                self._expiring[partition].add(expire_at, what)
+        for row in self._expiring[partition].pop_due(st):
             if row in rows:
                 self._remove(partition, rows, row)
 
@@ -505,13 +560,13 @@ class WindowedState(TableState):
     def _idle_time(self, partition: int, now: float) -> int | None:
         idle = self.window.idle_close
         closing = self._closing.get(partition)
-        if idle is None or not closing or partition not in self._last_update:
+        if idle is None or closing is None or not closing.times:
             return None
-        since, st = self._last_update[partition]
+        since, st = self._last_update.get(partition, (now, 0))
         if (now - since) * 1000 < idle:
             return None
         advanced = st + round((now - since) * 1000)
-        return advanced if closing[0][0] <= advanced else None
+        return advanced if closing.times[0] <= advanced else None
 
     # --- reads --------------------------------------------------------------------------
 
@@ -546,7 +601,7 @@ class WindowedState(TableState):
         """The live windows of `key` (not expired), oldest first."""
         partition, rows = self._owned(key)
         if self.window.kind != "sliding":
-            found = sorted(self._by_key[partition].get(key, []))
+            found = sorted(self._rows_of(partition, key))
             return [Window(r[1] / 1000, r[2] / 1000, rows[r]) for r in found]
         out = []
         for start, end in self._sliding_windows(partition, key):
@@ -554,6 +609,24 @@ class WindowedState(TableState):
             if value is not MISSING:
                 out.append(Window(start / 1000, end / 1000, value))
         return out
+
+    def _rows_of(self, partition: int, key: Any) -> list[Any]:
+        """The rows of `key`: sessions from the index; time windows by trying every start a
+        live window can have (few), or by a scan when there are many."""
+        if not self._timed:
+            return list(self._by_key[partition].get(key, []))
+        rows, w = self.partitions[partition], self.window
+        st = self.stream_time[partition]
+        lowest = max(0, st - w.size - w.expires + 1)
+        starts = range((lowest + w.step - 1) // w.step * w.step, st + 1, w.step)
+        if len(starts) > 10_000:
+            return [r for r in rows if r[3] == key and r[0] == WINDOW]
+        return [r for s in starts if (r := (WINDOW, s, s + w.size, key)) in rows]
+
+    def _keys(self, partition: int) -> list[Any]:
+        if self._timed:
+            return list(dict.fromkeys(r[3] for r in self.partitions[partition]))
+        return list(self._by_key[partition])
 
     def _sliding_windows(self, partition: int, key: Any) -> list[tuple[int, int]]:
         """Bounds of the sliding windows of `key` that may hold updates: each update time's
@@ -567,12 +640,11 @@ class WindowedState(TableState):
         return sorted(bounds)
 
     def get(self, key: Any, default: Any = MISSING) -> Any:
-        self.partition_of(key)  # a clear error for an unhashable key
-        return WindowSet(self, key)
+        return WindowSet(self, key)  # an unowned or unhashable key fails when it is used
 
     def contains(self, key: Any) -> bool:
         partition, _ = self._owned(key)
-        return key in self._by_key[partition]
+        return bool(self._rows_of(partition, key))
 
     def set(self, key: Any, value: Any) -> None:
         if isinstance(value, WindowSet):
@@ -583,16 +655,17 @@ class WindowedState(TableState):
 
     def delete(self, key: Any) -> None:
         partition, rows = self._owned(key)
-        if key not in self._by_key[partition]:
+        found = self._rows_of(partition, key)
+        if not found:
             raise KeyError(key)
-        for item in list(self._by_key[partition][key]):
+        for item in found:
             row = (UPDATES, item, item, key) if self.window.kind == "sliding" else item
             self._remove(partition, rows, row)
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """((key, start, end), value) of every live window, bounds in seconds."""
         for partition in self.partitions:
-            for key in list(self._by_key[partition]):
+            for key in self._keys(partition):
                 for w in self.windows(key):
                     yield (key, w.start, w.end), w.value
 
@@ -611,8 +684,23 @@ class WindowedState(TableState):
 
     def _encode_row(self, row: Any) -> bytes:
         tag, start, end, key = row
-        head: bytes = tag.encode() + _BOUNDS.pack(start, end)
-        return head if tag == META else head + bytes(self.spec.key.encode(key))
+        head = self._heads.get((tag, start, end))
+        if head is None:
+            if len(self._heads) > 10_000:
+                self._heads.clear()
+            head = self._heads[(tag, start, end)] = tag.encode() + _BOUNDS.pack(start, end)
+        if tag == META:
+            return head
+        try:
+            key_bytes = self._key_bytes.get(key)
+        except TypeError:  # an unhashable key cannot be a row; be safe anyway
+            key_bytes = None
+        if key_bytes is None:
+            key_bytes = bytes(self.spec.key.encode(key))
+            if len(self._key_bytes) > 200_000:
+                self._key_bytes.clear()
+            self._key_bytes[key] = key_bytes
+        return head + key_bytes
 
     def _encode_value(self, row: Any, value: Any) -> bytes | None:
         if value is MISSING:
@@ -668,8 +756,7 @@ class WindowedState(TableState):
         or an abort): nothing in them is state of its own."""
         rows = self.partitions[partition]
         st = self.stream_time[partition]
-        closing: list[tuple[int, int, Any]] = []
-        expiring: list[tuple[int, int, Any]] = []
+        closing, expiring = _Schedule(), _Schedule()
         by_key: dict[Any, list[Any]] = {}
         self._closing[partition], self._expiring[partition] = closing, expiring
         self._by_key[partition], self._pending[partition] = by_key, set()
@@ -677,13 +764,14 @@ class WindowedState(TableState):
             tag, start, end, key = row
             if tag == UPDATES:
                 bisect.insort(by_key.setdefault(key, []), start)
-                self._push(expiring, self._expire_at(start, start + self.window.size), row)
+                expiring.add(self._expire_at(start, start + self.window.size), row)
                 continue
-            by_key.setdefault(key, []).append(row)
+            if not self._timed:
+                by_key.setdefault(key, []).append(row)
             if self._close_at(start, end) > st:
-                self._push(closing, self._close_at(start, end), row)
+                closing.add(self._close_at(start, end), row)
             else:  # closed (its result is out): kept for reads until it expires
-                self._push(expiring, self._expire_at(start, end), row)
+                expiring.add(self._expire_at(start, end), row)
         if self.window.kind == "sliding":
             for key in by_key:
                 self._queue_sliding(partition, key, self._sliding_windows(partition, key), st)
