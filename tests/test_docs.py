@@ -27,6 +27,21 @@ def test_example_runs(code: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize(
+    "program", sorted(p.name for p in (ROOT / "examples").glob("*.py") if p.name != "__init__.py")
+)
+def test_example_programs_run(program: str) -> None:
+    """Each program of examples/ runs its demo to the end (they check their own results)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / program)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_cli_examples_in_docs_run(tmp_path: Path) -> None:
     """The commands of docs/cli.md, in order, against a fresh broker file."""
     (tmp_path / "words.txt").write_text("a\nb\n")
