@@ -165,6 +165,9 @@ class TableState:
             else:
                 rows[key] = decode_value(record.value)
 
+    def restored(self, partition: int) -> None:
+        """The changelog replay of `partition` is complete (a windowed table indexes it)."""
+
     def detach(self, partition: int) -> None:
         self.partitions.pop(partition, None)
         self.undo.pop(partition, None)

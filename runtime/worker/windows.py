@@ -728,9 +728,14 @@ class WindowedState(TableState):
         self.partitions[partition] = {}
         self.stream_time[partition] = NO_TIME
         self._apply_rows(partition, rows.items())
+        self._reindex(partition)
 
     def apply_changelog(self, partition: int, records: list[Record]) -> None:
+        """Replay changelog records; `restored()` rebuilds the indexes once at the end."""
         self._apply_rows(partition, ((r.key, r.value) for r in records if r.key is not None))
+
+    def restored(self, partition: int) -> None:
+        self._reindex(partition)
 
     def _apply_rows(self, partition: int, rows: Any) -> None:
         table = self.partitions[partition]
@@ -749,7 +754,6 @@ class WindowedState(TableState):
                 table[row] = orjson.loads(value_bytes)
             else:
                 table[row] = decode_value(value_bytes)
-        self._reindex(partition)
 
     def _reindex(self, partition: int) -> None:
         """Rebuild the partition's indexes from its rows and stream time (after a restore

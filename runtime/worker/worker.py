@@ -535,6 +535,7 @@ class Worker:
                     replayed[record.key] = record.value
             count += len(records)
         progress.done()
+        table.restored(partition)
         await self._save_copy(table, partition, replayed, reader.position(tp))
         return count
 
