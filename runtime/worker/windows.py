@@ -306,6 +306,12 @@ class WindowedState(TableState):
     def _expire_at(self, start: int, end: int) -> int:
         return self._close_at(start, end) - self.window.grace + self.window.expires
 
+    def _updates_expire_at(self, ts: int) -> int:
+        """Sliding: the updates at `ts` are kept until the last window they define (their
+        right window [ts + 1, ts + 1 + d]) has expired."""
+        d = self.window.size
+        return self._expire_at(ts + 1, ts + 1 + d)
+
     def _advance(self, partition: int, ts: int) -> int:
         st = self.stream_time[partition]
         if ts > st:
@@ -331,6 +337,10 @@ class WindowedState(TableState):
             rows = self.partitions[partition]
         except (KeyError, TypeError):
             partition, rows = self._owned(key)
+        if self._idle:  # the partition may have been idle: its stream time moved on
+            idle_time = self._idle_time(partition, time.monotonic(), due_only=False)
+            if idle_time is not None and idle_time > ts:
+                self._advance(partition, idle_time)
         st = self.stream_time[partition]
         if ts > st:  # the stream time advances
             if partition not in self._time_undo:
@@ -448,12 +458,19 @@ class WindowedState(TableState):
         d = self.window.size
         if ts + d < st - self.window.grace:
             return False
+        try:
+            orjson.dumps(x)
+        except TypeError:
+            raise TypeError(
+                f"sliding windows store each update: its operand must be a JSON value, not "
+                f"{type(x).__name__}"
+            ) from None
         row = (UPDATES, ts, ts, key)
         old = rows.get(row, MISSING)
         if old is MISSING:
             times = self._by_key[partition].setdefault(key, [])
             bisect.insort(times, ts)
-            self._expiring[partition].add(self._expire_at(ts, ts + d), row)
+            self._expiring[partition].add(self._updates_expire_at(ts), row)
             self._write(partition, rows, row, [[st, op, x]])
         else:
             times = self._by_key[partition][key]
@@ -511,7 +528,11 @@ class WindowedState(TableState):
         """Close every window the stream time passed: send its final result, and remove
         it (or schedule its removal) from the table."""
         rows = self.partitions[partition]
+        closed = set()  # a row deleted and re-created is scheduled twice, at the same time
         for what in self._closing[partition].pop_due(st):
+            if what in closed:
+                continue
+            closed.add(what)
             if self.window.kind == "sliding":
                 self._pending[partition].discard(what)
                 start, end, key = what
@@ -557,16 +578,21 @@ class WindowedState(TableState):
                 self._advance(partition, st)
                 self._close(partition, self.stream_time[partition])
 
-    def _idle_time(self, partition: int, now: float) -> int | None:
+    def _idle_time(self, partition: int, now: float, due_only: bool = True) -> int | None:
+        """The stream time of a partition idle for `idle_close` or more: its stream time at
+        its last update plus the wall-clock time since. With `due_only`, only if that closes
+        some window (else there is nothing to do before the next update)."""
         idle = self.window.idle_close
-        closing = self._closing.get(partition)
-        if idle is None or closing is None or not closing.times:
+        if idle is None or partition not in self._last_update:
             return None
-        since, st = self._last_update.get(partition, (now, 0))
-        if (now - since) * 1000 < idle:
+        since, st = self._last_update[partition]
+        if (now - since) * 1000 < idle or st == NO_TIME:
             return None
         advanced = st + round((now - since) * 1000)
-        return advanced if closing.times[0] <= advanced else None
+        if not due_only:
+            return advanced
+        closing = self._closing[partition].times
+        return advanced if closing and closing[0] <= advanced else None
 
     # --- reads --------------------------------------------------------------------------
 
@@ -581,7 +607,7 @@ class WindowedState(TableState):
             for row in self._by_key[partition].get(key, []):
                 if row[1] <= ts <= row[2]:
                     value = rows[row]
-        else:
+        elif self._expire_at(ts - w.size, ts) > self.stream_time[partition]:
             value = self._sliding_value(partition, key, ts - w.size, ts)
         if value is MISSING:
             if self.spec.default is None:
@@ -604,7 +630,10 @@ class WindowedState(TableState):
             found = sorted(self._rows_of(partition, key))
             return [Window(r[1] / 1000, r[2] / 1000, rows[r]) for r in found]
         out = []
+        st = self.stream_time[partition]
         for start, end in self._sliding_windows(partition, key):
+            if self._expire_at(start, end) <= st:
+                continue  # expired (its updates are kept for later windows)
             value = self._sliding_value(partition, key, start, end)
             if value is not MISSING:
                 out.append(Window(start / 1000, end / 1000, value))
@@ -633,7 +662,12 @@ class WindowedState(TableState):
         left window, and the right window of each update followed by another within d."""
         d = self.window.size
         times = self._by_key[partition].get(key, [])
-        bounds = {(t - d, t) for t in times}
+        rows = self.partitions[partition]
+        bounds = {  # a left window exists if the update at its end was in time for it
+            (t - d, t)
+            for t in times
+            if any(at < self._close_at(t - d, t) for at, _, _ in rows[(UPDATES, t, t, key)])
+        }
         for t, later in itertools.pairwise(times):
             if later <= t + 1 + d:
                 bounds.add((t + 1, t + 1 + d))
@@ -768,7 +802,7 @@ class WindowedState(TableState):
             tag, start, end, key = row
             if tag == UPDATES:
                 bisect.insort(by_key.setdefault(key, []), start)
-                expiring.add(self._expire_at(start, start + self.window.size), row)
+                expiring.add(self._updates_expire_at(start), row)
                 continue
             if not self._timed:
                 by_key.setdefault(key, []).append(row)
