@@ -25,25 +25,28 @@ class BatchProducer:
         self._partitioner = Partitioner()
 
     def send(
-        self, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+        self,
+        topic: str,
+        records: Iterable[tuple[bytes | None, bytes | None]],
+        timestamps: Iterable[int] | None = None,
     ) -> dict[int, int]:
-        """Write `records` (key, value) in one broker call; returns the number of records
-        written per partition."""
+        """Write `records` (key, value) in one broker call, with their `timestamps` (ms)
+        or now; returns the number of records written per partition."""
         count = self.broker.describe_topic(topic).partitions
         now = time.time_ns() // 1_000_000
-        columns: dict[int, tuple[list[bytes | None], list[bytes | None]]] = {}
+        columns: dict[int, tuple[list[bytes | None], list[bytes | None], list[int]]] = {}
+        times = iter(timestamps) if timestamps is not None else None
         for key, value in records:
             partition = self._partitioner.partition(topic, key, count)
-            keys, values = columns.setdefault(partition, ([], []))
+            keys, values, stamps = columns.setdefault(partition, ([], [], []))
             keys.append(key)
             values.append(value)
+            stamps.append(now if times is None else next(times))
         self._partitioner.next_batch(topic)
         batches = []
-        for partition, (keys, values) in columns.items():
+        for partition, (keys, values, stamps) in columns.items():
             sequence = self._sequences.get((topic, partition), 0)
-            batches.append(
-                ProduceBatch(topic, partition, sequence, keys, values, [now] * len(values))
-            )
+            batches.append(ProduceBatch(topic, partition, sequence, keys, values, stamps))
         self.broker.produce(self.pid, self.epoch, batches)
         for batch in batches:
             self._sequences[(topic, batch.partition)] = batch.base_seq + len(batch.values)
