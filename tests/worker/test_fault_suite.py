@@ -20,7 +20,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,21 +29,20 @@ import pytest
 from runtime.broker import READ_COMMITTED, Broker
 from runtime.broker.producer import BatchProducer
 from runtime.types import TopicPartition
+from tests.fault_helpers import (
+    ROOT,
+    assert_exactly_once,
+    children,
+    describe,
+    updates_per_word,
+    worker_command,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 100_000
 PARTITIONS = 4
 WORKERS = 3
 MIN_KILLS = 10
 FIXED_SEED = 20261121
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def load(db: str, rng: random.Random, seconds: float, done: threading.Event) -> list[str]:
@@ -138,21 +136,7 @@ def run_suite(
         "STREAMS_PROCESSING_GUARANTEE": guarantee,
         "PYTHONPATH": str(ROOT),
     }
-    supervisor = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "worker",
-            "examples.wordcount:app",
-            "--workers",
-            str(WORKERS),
-            "--loglevel",
-            "warning",
-        ],
-        cwd=tmp_path,
-        env=env,
-    )
+    supervisor = subprocess.Popen(worker_command(WORKERS), cwd=tmp_path, env=env)
     kills = 0
     churning = threading.Event()
     churner = None
@@ -160,17 +144,7 @@ def run_suite(
         loaded = threading.Event()
         words = load(db, rng, seconds=12.0, done=loaded)
         if with_churn:
-            command = [
-                sys.executable,
-                "-m",
-                "streams.cli",
-                "worker",
-                "examples.wordcount:app",
-                "--workers",
-                "1",
-                "--loglevel",
-                "warning",
-            ]
+            command = worker_command(1)
             churner = threading.Thread(
                 target=churn,
                 args=(command, tmp_path, env, random.Random(seed + 1), churning),
@@ -223,41 +197,13 @@ def run_suite(
     return words, outputs, table
 
 
-def describe(updates: list[int], n: int) -> str:
-    """A wrong update list, briefly: its length against n, where it first goes wrong."""
-    first = next((i for i, c in enumerate(updates) if c != i + 1), len(updates))
-    return (
-        f"{len(updates)} updates for {n} events, first wrong at {first}: "
-        f"{updates[max(0, first - 2) : first + 3]}, last {updates[-3:]}"
-    )
-
-
-def updates_per_word(outputs: list) -> dict[str, list[int]]:  # type: ignore[type-arg]
-    per_word: dict[str, list[int]] = collections.defaultdict(list)
-    for record in outputs:  # per partition in offset order: each word's updates in order
-        value = json.loads(record.value)
-        per_word[value["word"]].append(value["count"])
-    return per_word
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [FIXED_SEED, None], ids=["fixed-seed", "random-seed"])
 def test_exactly_once_under_repeated_kill_9(tmp_path: Path, seed: int | None) -> None:
     if seed is None:
         seed = int(os.environ.get("STREAMS_FAULT_SEED", random.randrange(2**32)))
     words, outputs, table = run_suite(tmp_path, "exactly_once", seed)
-    truth = collections.Counter(words)
-    per_word = updates_per_word(outputs)
-    wrong = {
-        w: describe(per_word.get(w, []), n)
-        for w, n in truth.items()
-        if per_word.get(w) != list(range(1, n + 1))
-    }
-    assert not wrong, (
-        f"seed {seed}: {len(wrong)} words with wrong updates, e.g. {list(wrong.items())[:3]}"
-    )
-    assert len(outputs) == EVENTS, f"seed {seed}"
-    assert table == truth, f"seed {seed}"
+    assert_exactly_once(words, outputs, table, seed, EVENTS)
 
 
 @pytest.mark.slow
