@@ -28,6 +28,8 @@ from runtime.errors import ConfigurationError, DatabaseError, StreamsError
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
 from runtime.worker.supervisor import Supervisor
+from runtime.worker.tables import TableState
+from runtime.worker.windows import WindowedState
 from streams.app import App
 
 DEFAULT_BROKER = "sqlite:///streams.db"
@@ -271,22 +273,23 @@ async def _table(args: argparse.Namespace) -> None:
         await broker.describe_topic(table.changelog_topic)  # UnknownTopicError if never run
         await reader.assign(tps)
         ends = await reader.end_offsets(tps)
-        rows: dict[bytes, bytes] = {}
+        rows: dict[int, dict[bytes, bytes]] = {p: {} for p in range(table.partitions)}
         while any(reader.position(tp) < end for tp, end in ends.items()):
-            for records in (await reader.getmany(timeout=1.0, max_records=10_000)).values():
+            for tp, records in (await reader.getmany(timeout=1.0, max_records=10_000)).items():
                 for record in records:
                     if record.key is None:
                         continue
                     if record.value is None:
-                        rows.pop(record.key, None)
+                        rows[tp.partition].pop(record.key, None)
                     else:
-                        rows[record.key] = record.value
+                        rows[tp.partition][record.key] = record.value
         await reader.close()
-    for key, value in sorted(rows.items()):
-        print(
-            f"{json.dumps(table.key.decode(key), default=str)}\t"
-            f"{json.dumps(table.value.decode(value), default=str)}"
-        )
+    spec = table.spec()  # decoded as a worker restores it (windows: (key, start, end) rows)
+    state = WindowedState(spec) if spec.window else TableState(spec)
+    for partition, partition_rows in rows.items():
+        state.attach(partition, partition_rows)
+    for key, value in sorted(state.items(), key=lambda kv: json.dumps(kv[0], default=str)):
+        print(f"{json.dumps(key, default=str)}\t{json.dumps(value, default=str)}")
 
 
 async def _run(args: argparse.Namespace) -> None:

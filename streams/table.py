@@ -74,7 +74,7 @@ class Table:
         *,
         grace: Any = 0,
         expires: Any = None,
-        timestamp: Callable[[Any], Any] | None = None,
+        timestamp: Callable[[Any], Any] | str | None = None,
         dead_letter: Topic | str | None = None,
     ) -> Table:
         """Fixed, non-overlapping windows [start, start + size), aligned to the epoch."""
@@ -90,7 +90,7 @@ class Table:
         *,
         grace: Any = 0,
         expires: Any = None,
-        timestamp: Callable[[Any], Any] | None = None,
+        timestamp: Callable[[Any], Any] | str | None = None,
         dead_letter: Topic | str | None = None,
     ) -> Table:
         """Overlapping windows of `size`, one starting every `step`."""
@@ -107,7 +107,7 @@ class Table:
         *,
         grace: Any = 0,
         expires: Any = None,
-        timestamp: Callable[[Any], Any] | None = None,
+        timestamp: Callable[[Any], Any] | str | None = None,
         dead_letter: Topic | str | None = None,
     ) -> Table:
         """Windows [t - size, t] that end at each update's time (difference windows)."""
@@ -122,7 +122,7 @@ class Table:
         *,
         grace: Any = 0,
         expires: Any = None,
-        timestamp: Callable[[Any], Any] | None = None,
+        timestamp: Callable[[Any], Any] | str | None = None,
         merge: Callable[[Any, Any], Any] | None = None,
         dead_letter: Topic | str | None = None,
     ) -> Table:

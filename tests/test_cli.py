@@ -183,3 +183,32 @@ def test_supervisor_counts_a_worker_stopped_while_starting_as_clean() -> None:
             supervisor._start(child)
         time.sleep(0.5)
         assert supervisor._shutdown() == expected
+
+
+async def test_table_dumps_a_windowed_table_as_key_start_end_rows(tmp_path: Path) -> None:
+    """`streams table` decodes a windowed table's changelog as a worker restores it."""
+    from examples.pageviews import app, views
+
+    url = f"sqlite:///{tmp_path}/b.db"
+    async with app.testing(broker=url, state_dir=str(tmp_path / "state")) as run:
+        for seconds in (0, 30, 61):
+            await run.send(
+                views, {"user": 1}, key="/", timestamp=1_700_000_040_000 + seconds * 1000
+            )
+        await run.drain()
+        assert run.table("views-per-minute") == {
+            ("/", 1_700_000_040.0, 1_700_000_100.0): 2,
+            ("/", 1_700_000_100.0, 1_700_000_160.0): 1,
+        }
+    result = streams(
+        "table",
+        "examples.pageviews:app",
+        "views-per-minute",
+        cwd=tmp_path,
+        env={"STREAMS_BROKER": url},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        '["/", 1700000040.0, 1700000100.0]\t2',
+        '["/", 1700000100.0, 1700000160.0]\t1',
+    ]

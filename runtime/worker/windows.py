@@ -108,7 +108,7 @@ def window_spec(
     step: Any = None,
     grace: Any = 0,
     expires: Any = None,
-    timestamp: Callable[[Any], Any] | None = None,
+    timestamp: Callable[[Any], Any] | str | None = None,
     merge: Callable[[Any, Any], Any] | None = None,
 ) -> WindowSpec:
     """Validate a window declaration (seconds or timedeltas) into a WindowSpec (ms)."""
@@ -130,11 +130,24 @@ def window_spec(
             f"{kind} window: expires ({expires!r}) must be at least grace ({grace!r}): a "
             "window must be kept until it can no longer change"
         )
+    if isinstance(timestamp, str):
+        timestamp = _field(timestamp)
     if timestamp is not None and not callable(timestamp):
-        raise ConfigurationError("timestamp= must be a function of the event's value")
+        raise ConfigurationError(
+            "timestamp= must be a function of the event's value or the name of its field"
+        )
     if merge is not None and not callable(merge):
         raise ConfigurationError("merge= must be a function of two values")
     return WindowSpec(kind, size_ms, step_ms, grace_ms, expires_ms, timestamp, merge)
+
+
+def _field(name: str) -> Callable[[Any], Any]:
+    """timestamp="ts": the event value's field `ts` (a dict key or an attribute)."""
+
+    def field(value: Any) -> Any:
+        return value[name] if isinstance(value, dict) else getattr(value, name)
+
+    return field
 
 
 def windows_for(ts: int, size: int, step: int) -> range:

@@ -703,6 +703,23 @@ async def test_timestamp_option_takes_the_event_time_from_the_value() -> None:
         assert run.table("t") == {("a", 20.0, 30.0): 2}
 
 
+async def test_timestamp_option_names_a_field_of_the_value() -> None:
+    """timestamp="at": the field of a dict value (or an attribute of a dataclass)."""
+    app = streams.App("win-ts-field", default_partitions=1)
+    events = app.topic("events", partitions=1)
+    t = app.table("t", default=int).tumbling(10, timestamp="at")
+
+    @app.stream(events)
+    async def agent(stream: streams.Stream) -> None:
+        async for event in stream:
+            t[event["k"]] += 1
+
+    async with app.testing() as run:
+        await send_timed(run, "events", [("a", {"k": "a", "at": 25.5}, 0)])
+        await run.drain()
+        assert run.table("t") == {("a", 20.0, 30.0): 1}
+
+
 # --- idle close ----------------------------------------------------------------------------------
 
 
@@ -1238,7 +1255,6 @@ async def test_expiry_keeps_the_table_bounded_and_a_rebuilt_table_equal(
         (lambda t: t.sliding(1, grace=-0.5), "grace"),
         (lambda t: t.session(1, grace=2, expires=1), "expires"),
         (lambda t: t.tumbling(1, grace=1, expires=0.5), "expires"),
-        (lambda t: t.tumbling(1, timestamp="ts"), "timestamp"),
         (lambda t: t.sliding(1, timestamp=42), "timestamp"),
         (lambda t: t.session(1, merge="+"), "merge"),
         (lambda t: t.emit_final(to="out"), "needs a window"),
