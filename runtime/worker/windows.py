@@ -197,6 +197,15 @@ class _Schedule:
         return out
 
 
+class _Expire:
+    """A scheduled removal of a row (the other scheduled items are windows to close)."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: Any) -> None:
+        self.row = row
+
+
 class WindowSet:
     """`table[key]` of a windowed table: updates every window of the current event's time;
     reads one window."""
@@ -252,14 +261,15 @@ class WindowedState(TableState):
         self.window: WindowSpec = spec.window
         self.stream_time: dict[int, int] = {}
         self._time_undo: dict[int, int] = {}  # partition -> stream time before the cycle
-        self._closing: dict[int, _Schedule] = {}  # windows by the stream time closing them
-        self._expiring: dict[int, _Schedule] = {}  # rows by the stream time removing them
+        # per partition: windows to close and rows to remove (_Expire), by stream time
+        self._due: dict[int, _Schedule] = {}
         # sessions (rows) and sliding update times per key; time windows need no index
         self._by_key: dict[int, dict[Any, list[Any]]] = {}
         self._pending: dict[int, set[tuple[int, int, Any]]] = {}  # sliding windows queued
         self._last_update: dict[int, tuple[float, int]] = {}  # monotonic time, stream time
         self._timed = self.window.kind in ("tumbling", "hopping")
         self._tumbling = self.window.kind == "tumbling"
+        self._size, self._grace = self.window.size, self.window.grace
         self._heads: dict[tuple[str, int, int], bytes] = {}  # encoded (tag, start, end)
         self._key_bytes: dict[Any, bytes] = {}  # encoded keys
         self._idle = self.window.idle_close is not None
@@ -363,20 +373,20 @@ class WindowedState(TableState):
             self._last_update[partition] = (time.monotonic(), st)
         fast = False
         if self._tumbling and ts >= 0:  # fast path: an update of an open window that exists
-            w = self.window
-            start = ts - ts % w.size
-            row = (WINDOW, start, start + w.size, key)
+            size = self._size
+            start = ts - ts % size
+            row = (WINDOW, start, start + size, key)
             old = rows.get(row, MISSING)
             undo = self.undo.get(partition)
-            if old is not MISSING and undo is not None and start + w.size + w.grace > st:
+            if old is not MISSING and undo is not None and start + size + self._grace > st:
                 if row not in undo:
                     undo[row] = old
                 rows[row] = OPS[op](old, operand)
                 fast = True
         if not fast and not self._update_kind(partition, rows, key, ts, st, op, operand):
             self._late(event, ts, st)
-        closing, expiring = self._closing[partition].times, self._expiring[partition].times
-        if (closing and closing[0] <= st) or (expiring and expiring[0] <= st):
+        due = self._due[partition].times
+        if due and due[0] <= st:
             self._close(partition, st)
 
     def _write(self, partition: int, rows: dict[Any, Any], row: Any, value: Any) -> None:
@@ -428,7 +438,7 @@ class WindowedState(TableState):
             row = (WINDOW, start, end, key)
             old = rows.get(row, MISSING)
             if old is MISSING:
-                self._closing[partition].add(end + grace, row)
+                self._due[partition].add(end + grace, row)
                 undo.setdefault(row, MISSING)
                 rows[row] = self._apply(op, MISSING, x, key)
             else:
@@ -460,7 +470,7 @@ class WindowedState(TableState):
             if row != new_row:
                 self._remove(partition, rows, row)
         if new_row not in merged:
-            self._closing[partition].add(self._close_at(start, end), new_row)
+            self._due[partition].add(self._close_at(start, end), new_row)
             self._by_key[partition].setdefault(key, []).append(new_row)
         self._write(partition, rows, new_row, value)
         return True
@@ -483,7 +493,7 @@ class WindowedState(TableState):
         if old is MISSING:
             times = self._by_key[partition].setdefault(key, [])
             bisect.insort(times, ts)
-            self._expiring[partition].add(self._updates_expire_at(ts), row)
+            self._due[partition].add(self._updates_expire_at(ts), _Expire(row))
             self._write(partition, rows, row, [[st, op, x]])
         else:
             times = self._by_key[partition][key]
@@ -509,7 +519,7 @@ class WindowedState(TableState):
             what = (start, end, key)
             if close_at > st and what not in pending:
                 pending.add(what)
-                self._closing[partition].add(close_at, what)
+                self._due[partition].add(close_at, what)
 
     def _late(self, event: Event, ts: int, st: int) -> None:
         self.dropped += 1
@@ -541,8 +551,13 @@ class WindowedState(TableState):
         """Close every window the stream time passed: send its final result, and remove
         it (or schedule its removal) from the table."""
         rows = self.partitions[partition]
+        schedule = self._due[partition]
         closed = set()  # a row deleted and re-created is scheduled twice, at the same time
-        for what in self._closing[partition].pop_due(st):
+        for what in schedule.pop_due(st):
+            if type(what) is _Expire:
+                if what.row in rows:
+                    self._remove(partition, rows, what.row)
+                continue
             if what in closed:
                 continue
             closed.add(what)
@@ -560,10 +575,7 @@ class WindowedState(TableState):
             if expire_at <= st:
                 self._remove(partition, rows, what)
             else:
-                self._expiring[partition].add(expire_at, what)
-        for row in self._expiring[partition].pop_due(st):
-            if row in rows:
-                self._remove(partition, rows, row)
+                schedule.add(expire_at, _Expire(what))
 
     def _emit(self, key: Any, start: int, end: int, value: Any) -> None:
         topic = self.emit_topic
@@ -604,8 +616,8 @@ class WindowedState(TableState):
         advanced = st + round((now - since) * 1000)
         if not due_only:
             return advanced
-        closing = self._closing[partition].times
-        return advanced if closing and closing[0] <= advanced else None
+        due = self._due[partition].times
+        return advanced if due and due[0] <= advanced else None
 
     # --- reads --------------------------------------------------------------------------
 
@@ -722,8 +734,20 @@ class WindowedState(TableState):
     # --- the commit cycle ---------------------------------------------------------------
 
     def encoded_changes(self) -> Iterator[tuple[int, bytes, bytes | None]]:
-        for partition, row, value in self.changes():
-            yield partition, self._encode_row(row), self._encode_value(row, value)
+        encode_row, encode_value = self._encode_row, self.spec.value.encode
+        for partition, undo in self.undo.items():  # TableState.changes(), inlined: hot
+            rows = self.partitions.get(partition)
+            if rows is None:
+                continue
+            for row, before in undo.items():
+                after = rows.get(row, MISSING)
+                if after is MISSING:
+                    if before is not MISSING:
+                        yield partition, encode_row(row), None
+                elif row[0] == UPDATES:
+                    yield partition, encode_row(row), orjson.dumps(after)
+                else:
+                    yield partition, encode_row(row), encode_value(after)
         for partition, before in self._time_undo.items():
             st = self.stream_time.get(partition)
             if st is not None and st != before:
@@ -748,13 +772,6 @@ class WindowedState(TableState):
                 self._key_bytes.clear()
             self._key_bytes[key] = key_bytes
         return head + key_bytes
-
-    def _encode_value(self, row: Any, value: Any) -> bytes | None:
-        if value is MISSING:
-            return None
-        if row[0] == UPDATES:
-            return orjson.dumps(value)
-        return self.spec.value.encode(value)
 
     def committed(self) -> None:
         super().committed()
@@ -807,22 +824,21 @@ class WindowedState(TableState):
         or an abort): nothing in them is state of its own."""
         rows = self.partitions[partition]
         st = self.stream_time[partition]
-        closing, expiring = _Schedule(), _Schedule()
+        due = self._due[partition] = _Schedule()
         by_key: dict[Any, list[Any]] = {}
-        self._closing[partition], self._expiring[partition] = closing, expiring
         self._by_key[partition], self._pending[partition] = by_key, set()
         for row in rows:
             tag, start, end, key = row
             if tag == UPDATES:
                 bisect.insort(by_key.setdefault(key, []), start)
-                expiring.add(self._updates_expire_at(start), row)
+                due.add(self._updates_expire_at(start), _Expire(row))
                 continue
             if not self._timed:
                 by_key.setdefault(key, []).append(row)
             if self._close_at(start, end) > st:
-                closing.add(self._close_at(start, end), row)
+                due.add(self._close_at(start, end), row)
             else:  # closed (its result is out): kept for reads until it expires
-                expiring.add(self._expire_at(start, end), row)
+                due.add(self._expire_at(start, end), _Expire(row))
         if self.window.kind == "sliding":
             for key in by_key:
                 self._queue_sliding(partition, key, self._sliding_windows(partition, key), st)
@@ -833,8 +849,7 @@ class WindowedState(TableState):
         for index in (
             self.stream_time,
             self._time_undo,
-            self._closing,
-            self._expiring,
+            self._due,
             self._by_key,
             self._pending,
             self._last_update,
