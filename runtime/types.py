@@ -38,11 +38,16 @@ class RecordMetadata(NamedTuple):
 
 
 class GroupMetadata(NamedTuple):
-    """What a transaction needs to commit consumed offsets for a group member (KIP-447)."""
+    """What a transaction needs to commit consumed offsets for a group member (KIP-447).
+
+    `native` is the back end's own handle for it where the client needs one (confluent-kafka's
+    ConsumerGroupMetadata, which carries the generation librdkafka does not expose); the
+    embedded broker needs none. Kafka reports `generation` as -1 for the same reason."""
 
     group_id: str
     generation: int
     member_id: str
+    native: Any = None
 
 
 class TopicDescription(NamedTuple):

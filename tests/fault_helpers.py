@@ -24,7 +24,7 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def worker_command(workers: int) -> list[str]:
+def worker_command(workers: int, loglevel: str = "warning") -> list[str]:
     """`streams worker examples.wordcount:app --workers N` (the supervisor and its workers)."""
     return [
         sys.executable,
@@ -35,7 +35,7 @@ def worker_command(workers: int) -> list[str]:
         "--workers",
         str(workers),
         "--loglevel",
-        "warning",
+        loglevel,
     ]
 
 

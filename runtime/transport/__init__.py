@@ -4,12 +4,15 @@ broker = connect("sqlite:///app.db")     # a file beside the app, shared by proc
 broker = connect("memory://")            # private, in this process (tests)
 broker = connect("memory://shared")      # one per name, in this process
 broker = connect("kafka://host:9092")    # Apache Kafka (pip install 'streams[kafka]')
+broker = connect("kafka://host:9092?security.protocol=SASL_SSL",
+                 client_config={"sasl.password": secret})   # librdkafka client settings
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from runtime.errors import ConfigurationError
 from runtime.transport.base import (
@@ -35,8 +38,9 @@ def register_backend(scheme: str, factory: str) -> None:
     _BACKENDS[scheme] = factory
 
 
-def connect(url: str) -> Transport:
-    """A transport for `url`; see the module docstring for the schemes."""
+def connect(url: str, client_config: Mapping[str, Any] | None = None) -> Transport:
+    """A transport for `url`; see the module docstring for the schemes. `client_config`
+    (Kafka only) adds librdkafka client settings, e.g. credentials that must not be in a URL."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
             f"bad broker URL {url!r}: expected sqlite:///path.db, memory:// or kafka://host:port"
@@ -56,8 +60,15 @@ def connect(url: str) -> Transport:
             f"the {scheme}:// back end is not available ({exc.name} is missing); "
             f"for kafka:// install it with: pip install 'streams[kafka]'"
         ) from exc
-    factory: Callable[[str], Transport] = getattr(module, attribute)
-    return factory(url)
+    factory: Callable[..., Transport] = getattr(module, attribute)
+    if client_config is None:
+        return factory(url)
+    try:
+        return factory(url, client_config=client_config)
+    except TypeError:
+        raise ConfigurationError(
+            f"client_config is not used by the {scheme}:// back end (only by kafka://)"
+        ) from None
 
 
 __all__ = [

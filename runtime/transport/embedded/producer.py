@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runtime.broker import ProduceBatch
 from runtime.errors import (
-    InvalidRequestError,
     InvalidTxnStateError,
     PartitionOutOfRangeError,
     ProducerFencedError,
@@ -28,6 +27,7 @@ from runtime.errors import (
 )
 from runtime.partitioner import Partitioner
 from runtime.transport.base import DeliveryCallback, Producer
+from runtime.transport.validation import check_record
 from runtime.types import GroupMetadata, Headers, RecordMetadata, TopicPartition
 
 if TYPE_CHECKING:
@@ -36,27 +36,6 @@ if TYPE_CHECKING:
 _Pending = tuple[
     str, int | None, bytes | None, bytes | None, Headers | None, int, DeliveryCallback | None
 ]
-
-
-def _check_record(
-    topic: Any, value: Any, key: Any, partition: Any, headers: Any, timestamp: Any
-) -> None:
-    if not isinstance(topic, str):
-        raise InvalidRequestError(f"topic must be a string, not {type(topic).__name__}")
-    for label, item in (("value", value), ("key", key)):
-        if item is not None and type(item) is not bytes:
-            raise InvalidRequestError(
-                f"{label} must be bytes or None, not {type(item).__name__} (encode it first)"
-            )
-    if partition is not None and (type(partition) is not int or partition < 0):
-        raise InvalidRequestError(f"partition must be a non-negative int, not {partition!r}")
-    if timestamp is not None and type(timestamp) is not int:
-        raise InvalidRequestError(f"timestamp must be int milliseconds, not {timestamp!r}")
-    if headers is not None and not all(
-        isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and type(h[1]) is bytes
-        for h in headers
-    ):
-        raise InvalidRequestError("headers must be a list of (str, bytes) pairs")
 
 
 class EmbeddedProducer(Producer):
@@ -109,7 +88,7 @@ class EmbeddedProducer(Producer):
             or (key is not None and type(key) is not bytes)
             or (partition is not None or (timestamp is not None and type(timestamp) is not int))
         ):
-            _check_record(topic, value, key, partition, headers, timestamp)
+            check_record(topic, value, key, partition, headers, timestamp)
         if self._fenced is not None:
             raise self._fenced
         if self.transactional_id is not None and not self._in_transaction:
