@@ -46,8 +46,9 @@ async def demo() -> None:
     """Load the text into a fresh broker file, run one worker until it is all counted."""
     tokens = re.findall(r"[a-z']+", TEXT.lower()) * 200
     with tempfile.TemporaryDirectory() as directory:
-        run = app.testing(broker=f"sqlite:///{directory}/wordcount.db",
-                          state_dir=os.path.join(directory, "state"))
+        run = app.testing(
+            broker=f"sqlite:///{directory}/wordcount.db", state_dir=os.path.join(directory, "state")
+        )
         async with run:
             await run.send_many(words, tokens)
             started = time.perf_counter()
@@ -56,8 +57,10 @@ async def demo() -> None:
             table = run.table("counts")
             outputs = await run.read(word_counts)
         top = sorted(table.items(), key=lambda kv: (-kv[1], kv[0]))[:8]
-        print(f"counted {sum(table.values())} words ({len(table)} distinct) in {elapsed:.2f} s, "
-              f"exactly once: {len(outputs)} count updates committed")
+        print(
+            f"counted {sum(table.values())} words ({len(table)} distinct) in {elapsed:.2f} s, "
+            f"exactly once: {len(outputs)} count updates committed"
+        )
         for word, n in top:
             print(f"  {word:<12} {n}")
         assert sum(table.values()) == len(tokens) == len(outputs)
