@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from runtime.errors import AppError, ConfigurationError
-from runtime.transport import Producer, Transport, connect
+from runtime.transport import Producer, Transport
 from runtime.types import Headers, RecordMetadata
 from runtime.worker import AgentSpec, AppSpec, Inbox, RepartitionSpec, TimerSpec, Worker
 from streams.codecs import Codec, get_codec
@@ -215,7 +215,7 @@ class App:
     ) -> RecordMetadata:
         if self._producer is None:
             if self._transport is None:
-                self._transport = connect(self.settings.broker)
+                self._transport = self.settings.connect()
             self._producer = self._transport.producer()
         return await self._producer.send(
             topic, value, key, partition=partition, headers=headers, timestamp=timestamp
@@ -344,7 +344,7 @@ class App:
         settings = settings or self.settings
         stop = stop or asyncio.Event()
         spec = await self.build()
-        transport = connect(settings.broker)
+        transport = settings.connect()
         worker = Worker(spec, transport, settings, slot=slot, fault=fault)
         self._attach(worker, transport)
         clean = False

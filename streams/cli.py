@@ -255,7 +255,7 @@ def _worker(args: argparse.Namespace) -> int:
 async def _preflight(app: App) -> None:
     """Open the app's broker once (and close it): a wrong URL, a foreign or locked database
     is reported as one line before any worker starts."""
-    async with connect(app.settings.broker) as broker:
+    async with app.settings.connect() as broker:
         await broker.list_topics()
 
 
@@ -266,8 +266,8 @@ async def _table(args: argparse.Namespace) -> None:
         raise ConfigurationError(
             f"app {app.id!r} has no table {args.table!r} (tables: {sorted(app.tables)})"
         )
-    url = args.broker or app.settings.broker
-    async with connect(url) as broker:
+    settings = app.settings.override(broker=args.broker) if args.broker else app.settings
+    async with settings.connect() as broker:
         reader = broker.consumer(isolation=READ_COMMITTED)
         tps = [TopicPartition(table.changelog_topic, p) for p in range(table.partitions)]
         await broker.describe_topic(table.changelog_topic)  # UnknownTopicError if never run

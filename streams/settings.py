@@ -10,12 +10,14 @@ broker or run at-least-once without editing it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.errors import ConfigurationError
+from runtime.transport import Transport, connect
 
 GUARANTEES = ("exactly_once", "at_least_once")
 DECODE_POLICIES = ("skip", "stop")
@@ -47,6 +49,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any] | None:
+    value = json.loads(text)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError("must be a JSON object of client settings")
+    return value
+
+
+def _text(value: Any) -> str:
+    """A setting given in code as the text its parser reads (mappings as JSON)."""
+    return json.dumps(dict(value)) if isinstance(value, Mapping) else str(value)
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -63,6 +77,15 @@ SETTINGS: tuple[Setting, ...] = (
         lambda app: f"sqlite:///{app}.db",
         str,
         "Broker URL: sqlite:///path.db (default, beside the app), memory://, kafka://...",
+    ),
+    Setting(
+        "broker_config",
+        "STREAMS_BROKER_CONFIG",
+        lambda app: None,
+        _json_object,
+        "Kafka client settings (librdkafka names, e.g. security.protocol, sasl.username, "
+        "ssl.ca.location) as a dict in code or a JSON object in the environment; used by "
+        "kafka:// brokers only.",
     ),
     Setting(
         "processing_guarantee",
@@ -145,6 +168,7 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 @dataclasses.dataclass(frozen=True)
 class Settings:
     broker: str
+    broker_config: dict[str, Any] | None
     processing_guarantee: str
     commit_interval: float
     commit_every: int
@@ -166,10 +190,15 @@ class Settings:
         parsed = {}
         for name, value in changes.items():
             try:
-                parsed[name] = _BY_NAME[name].parse(str(value))
+                parsed[name] = _BY_NAME[name].parse(_text(value))
             except ValueError as exc:
                 raise ConfigurationError(f"bad {name}={value!r}: {exc}") from exc
         return dataclasses.replace(self, **parsed)
+
+    def connect(self) -> Transport:
+        """A transport to the broker, with the client settings where they apply."""
+        kafka = self.broker.startswith("kafka://")
+        return connect(self.broker, self.broker_config if kafka else None)
 
     @property
     def exactly_once(self) -> bool:
@@ -193,7 +222,7 @@ class Settings:
                 if given.get(setting.name) is None:
                     values[setting.name] = setting.default(app_id)
                     continue
-                text, source = str(given[setting.name]), setting.name
+                text, source = _text(given[setting.name]), setting.name
             try:
                 values[setting.name] = setting.parse(text)
             except ValueError as exc:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from runtime.errors import AppError
-from runtime.transport import READ_COMMITTED, Transport, connect
+from runtime.transport import READ_COMMITTED, Transport
 from runtime.types import Event, TopicPartition
 from runtime.worker import Worker
 
@@ -55,7 +55,7 @@ class TestRun:
 
     async def start(self) -> None:
         spec = await self.app.build()
-        self.transport = connect(self.settings.broker)
+        self.transport = self.settings.connect()
         self.worker = Worker(
             spec, self.transport, self.settings, worker_id=self._worker_id, fault=self._fault
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import streams
 from runtime import errors
 from runtime.partitioner import partition_for_key
 from runtime.transport import READ_COMMITTED, connect
@@ -159,3 +160,30 @@ async def test_the_event_loop_runs_while_librdkafka_blocks(kafka: KafkaTransport
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert elapsed > 1.0
     assert max(gaps) < 0.25, f"the loop stalled for {max(gaps):.3f} s"
+
+
+def test_app_settings_pass_client_settings_to_kafka_only() -> None:
+    """broker_config (a dict in code, JSON in $STREAMS_BROKER_CONFIG) reaches the Kafka
+    client; an embedded broker URL ignores it, so one app runs on both."""
+    config = {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "app",
+        "sasl.password": "secret",
+    }
+    settings = streams.Settings.resolve(
+        "shop", {"broker": "kafka://a:9092", "broker_config": config}, environ={}
+    )
+    transport = settings.connect()
+    assert isinstance(transport, KafkaTransport)
+    assert transport.options.client_config == config
+    from_env = streams.Settings.resolve(
+        "shop",
+        {"broker": "kafka://a:9092"},
+        environ={"STREAMS_BROKER_CONFIG": '{"client.id": "from-env"}'},
+    )
+    assert from_env.broker_config == {"client.id": "from-env"}
+    embedded = settings.override(broker="memory://")
+    assert type(embedded.connect()).__name__ == "EmbeddedTransport"
+    with pytest.raises(errors.ConfigurationError, match="STREAMS_BROKER_CONFIG.*JSON object"):
+        streams.Settings.resolve("shop", {}, environ={"STREAMS_BROKER_CONFIG": "[1, 2]"})
