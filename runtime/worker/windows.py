@@ -270,6 +270,7 @@ class WindowedState(TableState):
         self._timed = self.window.kind in ("tumbling", "hopping")
         self._tumbling = self.window.kind == "tumbling"
         self._size, self._grace = self.window.size, self.window.grace
+        self._timestamp_fn = self.window.timestamp
         self._heads: dict[tuple[str, int, int], bytes] = {}  # encoded (tag, start, end)
         self._key_bytes: dict[Any, bytes] = {}  # encoded keys
         self._idle = self.window.idle_close is not None
@@ -354,7 +355,7 @@ class WindowedState(TableState):
                 f"windowed table {self.spec.name!r} was written outside an agent: a window "
                 "update needs the event being processed (its time picks the windows)"
             )
-        ts = event.timestamp if self.window.timestamp is None else self.event_time(event)
+        ts = event.timestamp if self._timestamp_fn is None else self.event_time(event)
         try:  # fast path, as in TableState.get
             partition = self._placement[key]
             rows = self.partitions[partition]
@@ -371,19 +372,26 @@ class WindowedState(TableState):
             self.stream_time[partition] = st = ts
         if self._idle:
             self._last_update[partition] = (time.monotonic(), st)
-        fast = False
-        if self._tumbling and ts >= 0:  # fast path: an update of an open window that exists
+        if self._tumbling and ts >= 0:  # fast path: _update_time for one window
             size = self._size
             start = ts - ts % size
-            row = (WINDOW, start, start + size, key)
-            old = rows.get(row, MISSING)
-            undo = self.undo.get(partition)
-            if old is not MISSING and undo is not None and start + size + self._grace > st:
+            close_at = start + size + self._grace
+            if close_at > st:  # open
+                row = (WINDOW, start, start + size, key)
+                old = rows.get(row, MISSING)
+                undo = self.undo.get(partition)
+                if undo is None:
+                    undo = self.undo[partition] = {}
                 if row not in undo:
                     undo[row] = old
-                rows[row] = OPS[op](old, operand)
-                fast = True
-        if not fast and not self._update_kind(partition, rows, key, ts, st, op, operand):
+                if old is MISSING:
+                    self._due[partition].add(close_at, row)
+                    rows[row] = self._apply(op, MISSING, operand, key)
+                else:
+                    rows[row] = OPS[op](old, operand)
+            else:
+                self._late(event, ts, st)
+        elif not self._update_kind(partition, rows, key, ts, st, op, operand):
             self._late(event, ts, st)
         due = self._due[partition].times
         if due and due[0] <= st:
