@@ -185,5 +185,5 @@ def test_app_settings_pass_client_settings_to_kafka_only() -> None:
     assert from_env.broker_config == {"client.id": "from-env"}
     embedded = settings.override(broker="memory://")
     assert type(embedded.connect()).__name__ == "EmbeddedTransport"
-    with pytest.raises(errors.ConfigurationError, match="STREAMS_BROKER_CONFIG.*JSON object"):
+    with pytest.raises(errors.ConfigurationError, match=r"STREAMS_BROKER_CONFIG.*JSON object"):
         streams.Settings.resolve("shop", {}, environ={"STREAMS_BROKER_CONFIG": "[1, 2]"})
