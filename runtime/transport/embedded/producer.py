@@ -86,7 +86,8 @@ class EmbeddedProducer(Producer):
             or headers is not None
             or (type(topic) is not str)
             or (key is not None and type(key) is not bytes)
-            or (partition is not None or (timestamp is not None and type(timestamp) is not int))
+            or (partition is not None and (type(partition) is not int or partition < 0))
+            or (timestamp is not None and type(timestamp) is not int)
         ):
             check_record(topic, value, key, partition, headers, timestamp)
         if self._fenced is not None:
@@ -98,9 +99,11 @@ class EmbeddedProducer(Producer):
         count = self._partition_counts.get(topic)
         if count is None:
             self._unplaced.append((topic, partition, key, value, headers, timestamp, on_delivery))
-        elif partition is None and headers is None and on_delivery is None:
+        elif headers is None and on_delivery is None and (partition is None or partition < count):
             # The hot path (a worker's outputs, changelog, repartitioned events): three appends.
-            tp = TopicPartition(topic, self._partitioner.partition(topic, key, count))
+            if partition is None:
+                partition = self._partitioner.partition(topic, key, count)
+            tp = TopicPartition(topic, partition)
             batch = self._batches.get(tp)
             if batch is None or batch.headers is not None:
                 self._place(count, tp.topic, tp.partition, key, value, None, timestamp, None)
