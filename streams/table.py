@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from runtime.errors import AppError, ConfigurationError, TableWriteOutsideAgentError
 from runtime.worker import MISSING, TableSpec, TableState, current_agent
 from runtime.worker.spec import WindowSpec
-from runtime.worker.windows import Window, WindowedState, to_ms, window_spec
+from runtime.worker.windowing import Window, to_ms, window_spec
+from runtime.worker.windows import WindowedState
 from streams.codecs import Codec
 
 if TYPE_CHECKING:

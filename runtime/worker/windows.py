@@ -41,16 +41,21 @@ import operator
 import struct
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
-from runtime.errors import AppError, ConfigurationError, TableWriteOutsideAgentError
+from runtime.errors import AppError, TableWriteOutsideAgentError
 from runtime.types import Event, Record
 from runtime.worker.agents import current_agent
 from runtime.worker.spec import TableSpec, TopicSpec, WindowSpec
 from runtime.worker.tables import MISSING, TableState
+from runtime.worker.windowing import (
+    OPS,
+    Window,
+    sliding_fold,
+    to_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,116 +64,7 @@ META_KEY: tuple[str, int, int, Any] = (META, 0, 0, None)
 NO_TIME = -(2**62)  # stream time before any update
 _BOUNDS = struct.Struct(">qq")
 
-# In-place operators a window set supports, by the name stored in sliding updates.
-OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "set": lambda _old, new: new,
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-    "truediv": operator.truediv,
-    "floordiv": operator.floordiv,
-    "mod": operator.mod,
-    "pow": operator.pow,
-    "or": operator.or_,
-    "and": operator.and_,
-    "xor": operator.xor,
-    "lshift": operator.lshift,
-    "rshift": operator.rshift,
-}
-
 Produce = Callable[..., None]
-
-
-class Window(NamedTuple):
-    """A live window of one key: bounds in seconds since the epoch (end exclusive for
-    tumbling and hopping windows, inclusive for sliding windows and sessions)."""
-
-    start: float
-    end: float
-    value: Any
-
-
-def to_ms(value: Any, what: str = "a time") -> int:
-    """Seconds (int, float), a datetime or a timedelta as integer milliseconds."""
-    if isinstance(value, datetime):
-        return round(value.timestamp() * 1000)
-    if isinstance(value, timedelta):
-        return round(value.total_seconds() * 1000)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be seconds (int or float), a datetime or a timedelta")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{what} must be finite, not {value!r}")
-    return round(value * 1000)
-
-
-def window_spec(
-    kind: str,
-    size: Any,
-    *,
-    step: Any = None,
-    grace: Any = 0,
-    expires: Any = None,
-    timestamp: Callable[[Any], Any] | str | None = None,
-    merge: Callable[[Any, Any], Any] | None = None,
-) -> WindowSpec:
-    """Validate a window declaration (seconds or timedeltas) into a WindowSpec (ms)."""
-    try:
-        size_ms = to_ms(size, "the window size")
-        step_ms = size_ms if step is None else to_ms(step, "the hop step")
-        grace_ms = to_ms(grace, "grace")
-        expires_ms = grace_ms if expires is None else to_ms(expires, "expires")
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"{kind} window: {exc}") from None
-    if size_ms <= 0:
-        raise ConfigurationError(f"{kind} window: the size must be at least 1 ms, got {size!r}")
-    if not 0 < step_ms <= size_ms:
-        raise ConfigurationError(f"hopping window: need 0 < step <= size, got step {step!r}")
-    if grace_ms < 0:
-        raise ConfigurationError(f"{kind} window: grace must be >= 0, got {grace!r}")
-    if expires_ms < grace_ms:
-        raise ConfigurationError(
-            f"{kind} window: expires ({expires!r}) must be at least grace ({grace!r}): a "
-            "window must be kept until it can no longer change"
-        )
-    if isinstance(timestamp, str):
-        timestamp = _field(timestamp)
-    if timestamp is not None and not callable(timestamp):
-        raise ConfigurationError(
-            "timestamp= must be a function of the event's value or the name of its field"
-        )
-    if merge is not None and not callable(merge):
-        raise ConfigurationError("merge= must be a function of two values")
-    return WindowSpec(kind, size_ms, step_ms, grace_ms, expires_ms, timestamp, merge)
-
-
-def _field(name: str) -> Callable[[Any], Any]:
-    """timestamp="ts": the event value's field `ts` (a dict key or an attribute)."""
-
-    def field(value: Any) -> Any:
-        return value[name] if isinstance(value, dict) else getattr(value, name)
-
-    return field
-
-
-def windows_for(ts: int, size: int, step: int) -> range:
-    """Starts of the tumbling/hopping windows [start, start + size) holding `ts`."""
-    first = max(0, ts - size + step) // step * step
-    return range(first, ts + 1, step)
-
-
-def sliding_fold(
-    entries: list[tuple[int, list[Any]]], start: int, end: int, close_at: int, default: Any
-) -> Any:
-    """A sliding window's value: the updates at times in [start, end] that arrived before the
-    window closed (stream time at arrival < close_at), folded in event-time order."""
-    value, found = default, False
-    for ts, updates in entries:
-        if start <= ts <= end:
-            for arrived, op, operand in updates:
-                if arrived < close_at:
-                    value = OPS[op](value, operand) if found or value is not MISSING else operand
-                    found = True
-    return value if found else MISSING
 
 
 class _Schedule:

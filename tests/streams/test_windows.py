@@ -24,7 +24,7 @@ import streams
 from runtime.transport import READ_COMMITTED, connect
 from runtime.types import TopicPartition
 from runtime.worker import STEPS
-from runtime.worker.windows import Window
+from runtime.worker.windowing import Window
 from tests.streams.window_reference import Model
 
 KEYS = ["a", "b", "c"]
