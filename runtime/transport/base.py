@@ -19,6 +19,7 @@ adapter. Every call is async and never blocks the event loop.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -61,7 +62,6 @@ class Producer(abc.ABC):
         passes, when a batch fills, at `flush()` or at `commit_transaction()`. Errors reach
         `on_delivery` and the next `flush()`."""
 
-    @abc.abstractmethod
     async def send(
         self,
         topic: str,
@@ -73,6 +73,27 @@ class Producer(abc.ABC):
         timestamp: int | None = None,
     ) -> RecordMetadata:
         """Produce one record and wait until it is written; returns where it was written."""
+        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+
+        def delivered(meta: RecordMetadata | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert meta is not None
+                future.set_result(meta)
+
+        self.produce(
+            topic,
+            value,
+            key,
+            partition=partition,
+            headers=headers,
+            timestamp=timestamp,
+            on_delivery=delivered,
+        )
+        return await future
 
     @abc.abstractmethod
     async def flush(self) -> None:

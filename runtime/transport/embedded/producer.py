@@ -119,38 +119,6 @@ class EmbeddedProducer(Producer):
         elif self._linger is None:
             self._flush_soon(self.linger_s)
 
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        *,
-        partition: int | None = None,
-        headers: Headers | None = None,
-        timestamp: int | None = None,
-    ) -> RecordMetadata:
-        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-
-        def delivered(meta: RecordMetadata | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                assert meta is not None
-                future.set_result(meta)
-
-        self.produce(
-            topic,
-            value,
-            key,
-            partition=partition,
-            headers=headers,
-            timestamp=timestamp,
-            on_delivery=delivered,
-        )
-        return await future
-
     def _flush_soon(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
         if self._linger is not None:

@@ -150,28 +150,10 @@ class KafkaProducer(Producer):
         headers: Headers | None = None,
         timestamp: int | None = None,
     ) -> RecordMetadata:
-        await self.transport.ensure_reachable()
-        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-
-        def delivered(meta: RecordMetadata | None, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                assert meta is not None
-                future.set_result(meta)
-
-        self.produce(
-            topic,
-            value,
-            key,
-            partition=partition,
-            headers=headers,
-            timestamp=timestamp,
-            on_delivery=delivered,
+        await self.transport.ensure_reachable()  # an unreachable cluster fails, not waits
+        return await super().send(
+            topic, value, key, partition=partition, headers=headers, timestamp=timestamp
         )
-        return await future
 
     # librdkafka calls these on whichever thread serves its queue (poll, flush, commit).
 
