@@ -95,10 +95,17 @@ class TableState:
         partition, rows = self._owned(key)
         if key not in rows:
             raise KeyError(key)
-        undo = self.undo.setdefault(partition, {})
-        if key not in undo:
-            undo[key] = rows[key]
+        self._remember(partition, rows, key)
         del rows[key]
+
+    def _remember(self, partition: int, rows: dict[Any, Any], key: Any) -> None:
+        """Keep the value `key` had before the cycle's first change, for rollback (set()
+        does the same inline: it is the hot path)."""
+        undo = self.undo.get(partition)
+        if undo is None:
+            undo = self.undo[partition] = {}
+        if key not in undo:
+            undo[key] = rows.get(key, MISSING)
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         for rows in self.partitions.values():

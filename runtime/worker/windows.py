@@ -294,15 +294,11 @@ class WindowedState(TableState):
             self._close(partition, st)
 
     def _write(self, partition: int, rows: dict[Any, Any], row: Any, value: Any) -> None:
-        undo = self.undo.get(partition)
-        if undo is None:
-            undo = self.undo[partition] = {}
-        if row not in undo:
-            undo[row] = rows.get(row, MISSING)
+        self._remember(partition, rows, row)
         rows[row] = value
 
     def _remove(self, partition: int, rows: dict[Any, Any], row: Any) -> None:
-        self._write(partition, rows, row, MISSING)
+        self._remember(partition, rows, row)
         del rows[row]
         if self._timed:
             return
