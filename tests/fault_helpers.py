@@ -1,7 +1,9 @@
-"""What the fault tests share: finding worker processes, killing them, and checking that word
-count's committed outputs and table hold every input exactly once.
+"""What the fault tests share: starting `streams worker`, killing its workers, stopping it,
+and checking that word count's committed outputs and table hold every input exactly once.
 
-    pids = children(supervisor.pid)
+    supervisor = subprocess.Popen(worker_command(3), cwd=tmp_path, env=env)
+    kills = kill_workers(supervisor, rng, done, min_kills=10, pause=(0.3, 1.2))
+    assert stop_supervisor(supervisor) == 0
     assert_exactly_once(words, outputs, table, seed)
 """
 
@@ -9,7 +11,13 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import random
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +32,57 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def worker_command(workers: int, loglevel: str = "warning") -> list[str]:
-    """`streams worker examples.wordcount:app --workers N` (the supervisor and its workers)."""
+def worker_command(
+    workers: int, loglevel: str = "warning", app: str = "examples.wordcount:app"
+) -> list[str]:
+    """`streams worker APP --workers N` (the supervisor and its workers)."""
     return [
         sys.executable,
         "-m",
         "streams.cli",
         "worker",
-        "examples.wordcount:app",
+        app,
         "--workers",
         str(workers),
         "--loglevel",
         loglevel,
     ]
+
+
+def kill_workers(
+    supervisor: subprocess.Popen[Any],
+    rng: random.Random,
+    done: threading.Event,
+    *,
+    min_kills: int,
+    pause: tuple[float, float],
+    within: float = 120.0,
+) -> int:
+    """SIGKILL a random worker of `supervisor` after each random pause, at least `min_kills`
+    times and until `done` is set (or `within` seconds pass); returns the number of kills."""
+    kills = 0
+    deadline = time.monotonic() + within
+    while (kills < min_kills or not done.is_set()) and time.monotonic() < deadline:
+        time.sleep(rng.uniform(*pause))
+        pids = children(supervisor.pid)
+        if pids:
+            os.kill(rng.choice(pids), signal.SIGKILL)
+            kills += 1
+    return kills
+
+
+def stop_supervisor(supervisor: subprocess.Popen[Any]) -> int:
+    """SIGTERM (a clean stop), SIGKILL after 60 s; kill any worker left; returns its exit
+    code."""
+    supervisor.send_signal(signal.SIGTERM)
+    try:
+        code = supervisor.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        supervisor.kill()
+        code = supervisor.wait()
+    for pid in children(supervisor.pid):
+        os.kill(pid, signal.SIGKILL)
+    return code
 
 
 def describe(updates: list[int], n: int) -> str:

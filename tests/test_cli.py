@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fault_helpers import worker_command
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -130,17 +132,7 @@ def test_worker_processes_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     )
     assert streams("send", "words", "--file", "words.txt", cwd=tmp_path, env=env).returncode == 0
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "worker",
-            "examples.wordcount:app",
-            "--workers",
-            "2",
-            "--loglevel",
-            "warning",
-        ],
+        worker_command(2),
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -26,7 +25,8 @@ from runtime.types import Record, TopicPartition
 from tests.fault_helpers import (
     ROOT,
     assert_exactly_once,
-    children,
+    kill_workers,
+    stop_supervisor,
     table_from_changelog,
     worker_command,
 )
@@ -102,22 +102,6 @@ async def _read_all(transport: Transport, topic: str) -> list[Record]:
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
-def _kill_workers(
-    supervisor: subprocess.Popen[bytes], rng: random.Random, loaded: threading.Event
-) -> int:
-    """SIGKILL a random worker every few seconds, at least MIN_KILLS times and until the
-    load is in; returns the number of kills."""
-    kills = 0
-    deadline = time.monotonic() + 120
-    while (kills < MIN_KILLS or not loaded.is_set()) and time.monotonic() < deadline:
-        time.sleep(rng.uniform(2.0, 4.0))
-        pids = children(supervisor.pid)
-        if pids:
-            os.kill(rng.choice(pids), signal.SIGKILL)
-            kills += 1
-    return kills
-
-
 @pytest.mark.slow
 def test_wordcount_is_exactly_once_under_kill_9(broker_url: str, tmp_path: Path) -> None:
     rng = random.Random(SEED)
@@ -141,18 +125,11 @@ def test_wordcount_is_exactly_once_under_kill_9(broker_url: str, tmp_path: Path)
     loader = threading.Thread(target=load, daemon=True)
     loader.start()
     try:
-        kills = _kill_workers(supervisor, rng, loaded)
+        kills = kill_workers(supervisor, rng, loaded, min_kills=MIN_KILLS, pause=(2.0, 4.0))
         assert kills >= MIN_KILLS and loaded.is_set(), (kills, loaded.is_set())
         asyncio.run(_wait_settled(broker_url, produced, supervisor))
     finally:
-        supervisor.send_signal(signal.SIGTERM)
-        try:
-            code = supervisor.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            supervisor.kill()
-            code = supervisor.wait()
-        for pid in children(supervisor.pid):
-            os.kill(pid, signal.SIGKILL)
+        code = stop_supervisor(supervisor)
     assert code == 0, f"supervisor exited with {code}"
     outputs, changelog = asyncio.run(_results(broker_url))
     assert_exactly_once(words, outputs, table_from_changelog(changelog), SEED, EVENTS)

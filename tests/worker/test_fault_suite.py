@@ -34,6 +34,8 @@ from tests.fault_helpers import (
     assert_exactly_once,
     children,
     describe,
+    stop_supervisor,
+    table_from_changelog,
     updates_per_word,
     worker_command,
 )
@@ -177,22 +179,10 @@ def run_suite(
             time.sleep(0.5)
     finally:
         churning.set()
-        supervisor.send_signal(signal.SIGTERM)
-        try:
-            code = supervisor.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            supervisor.kill()
-            code = supervisor.wait()
-        for pid in children(supervisor.pid):
-            os.kill(pid, signal.SIGKILL)
+        code = stop_supervisor(supervisor)
     assert code == 0, f"supervisor exited with {code}"
     outputs = read_all(broker, "word-counts")
-    table: dict[str, int] = {}
-    for record in read_all(broker, "wordcount-counts-changelog"):
-        if record.value is None:
-            table.pop(json.loads(record.key), None)
-        else:
-            table[json.loads(record.key)] = json.loads(record.value)
+    table = table_from_changelog(read_all(broker, "wordcount-counts-changelog"))
     broker.close()
     return words, outputs, table
 

@@ -13,9 +13,7 @@ import collections
 import json
 import os
 import random
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 
 from runtime.broker import Broker
 from runtime.broker.producer import BatchProducer
-from tests.fault_helpers import ROOT, children
+from tests.fault_helpers import ROOT, kill_workers, stop_supervisor, worker_command
 from tests.worker.test_fault_suite import read_all
 
 VIEWS = 40_000
@@ -90,22 +88,16 @@ def test_final_results_exactly_once_under_repeated_kill_9(tmp_path: Path, seed: 
         "STREAMS_DEFAULT_PARTITIONS": str(PARTITIONS),
         "PYTHONPATH": str(ROOT),
     }
-    command = [sys.executable, "-m", "streams.cli", "worker", "examples.pageviews:app"]
-    command += ["--workers", "2", "--loglevel", "warning"]
+    command = worker_command(2, app="examples.pageviews:app")
     supervisor = subprocess.Popen(command, cwd=tmp_path, env=env)
     expected = collections.Counter()
     try:
         loaded = threading.Event()
         views = load(db, rng, seconds=10.0, done=loaded)
         expected = collections.Counter((p, (ts - START_MS) // 60_000) for p, ts in views)
-        kills = 0
-        deadline = time.monotonic() + 90
-        while (kills < MIN_KILLS or not loaded.is_set()) and time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.5, 1.5))
-            pids = children(supervisor.pid)
-            if pids:
-                os.kill(rng.choice(pids), signal.SIGKILL)
-                kills += 1
+        kills = kill_workers(
+            supervisor, rng, loaded, min_kills=MIN_KILLS, pause=(0.5, 1.5), within=90
+        )
         assert kills >= MIN_KILLS and loaded.is_set(), (kills, loaded.is_set())
         close_every_minute(db, views)
         settle = time.monotonic() + 120
@@ -116,14 +108,7 @@ def test_final_results_exactly_once_under_repeated_kill_9(tmp_path: Path, seed: 
             assert supervisor.poll() is None, "the supervisor died"
             time.sleep(0.5)
     finally:
-        supervisor.send_signal(signal.SIGTERM)
-        try:
-            code = supervisor.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            supervisor.kill()
-            code = supervisor.wait()
-        for pid in children(supervisor.pid):
-            os.kill(pid, signal.SIGKILL)
+        code = stop_supervisor(supervisor)
     late = read_all(broker, "late-views")
     broker.close()
     assert code == 0, f"supervisor exited with {code}"
