@@ -16,7 +16,7 @@ end plus `expires`. The boundaries are Kafka Streams' (kafka-semantics.md sectio
 An update at a time whose windows are all closed is late: dropped, counted (`dropped`) and,
 if the table has a dead-letter topic, sent there.
 
-Rows, in memory, in the local store and in the changelog, are keyed (tag, start, end, key):
+Rows in memory are keyed (tag, start, end, key):
 
     ("w", start, end, key) -> value     a tumbling or hopping window
     ("s", start, end, key) -> value     a session
@@ -26,6 +26,13 @@ Rows, in memory, in the local store and in the changelog, are keyed (tag, start,
                                         before it closed (in event-time order)
     ("m", 0, 0, None)      -> stream time of the partition
 
+In the changelog and the local store a row is keyed by its tag, bounds and key, except a
+time window: it is keyed by its key and slot, `(start / step) mod ring`, with its bounds in the
+value; `ring` windows of a key are never live at once, so a key's next window in a slot
+overwrites its expired one and expiry costs no tombstone. A restore drops rows its stream time
+says are expired. A slot a key stops writing gets its tombstone one ring later (`_tombs`);
+a window removed before it expires (`del table[key]`) gets one at once.
+
 A window closes in the transaction that moves the stream time past it, and its final result
 (`emit_to`) is produced in that same transaction: after any crash the restored stream time
 says exactly which windows were already sent, so each is sent once.
@@ -34,6 +41,7 @@ says exactly which windows were already sent, so each is sent once.
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
 import itertools
 import logging
@@ -63,6 +71,7 @@ WINDOW, SESSION, UPDATES, META = "w", "s", "r", "m"
 META_KEY: tuple[str, int, int, Any] = (META, 0, 0, None)
 NO_TIME = -(2**62)  # stream time before any update
 _BOUNDS = struct.Struct(">qq")
+_SLOT = struct.Struct(">q")
 
 Produce = Callable[..., None]
 
@@ -118,7 +127,14 @@ class WindowSet:
     def current(self) -> Any:
         """The value of the window holding the current event's time (the latest one, for
         hopping windows)."""
-        return self.state.value_at(self.key, self.state.event_time(self.state.current_event()))
+        state = self.state
+        runner = current_agent.get()
+        last = state.last_write  # fast path: the window this event just updated
+        if runner is not None and last[0] is runner.inbox.current and last[1] is self.key:
+            value = last[2].get(last[3], MISSING)
+            if value is not MISSING:
+                return value
+        return state.value_at(self.key, state.event_time(state.current_event()))
 
     def now(self) -> Any:
         """The value of the window holding the wall-clock time."""
@@ -168,9 +184,23 @@ class WindowedState(TableState):
         self._size, self._grace = self.window.size, self.window.grace
         self._timestamp_fn = self.window.timestamp
         self._heads: dict[tuple[str, int, int], bytes] = {}  # encoded (tag, start, end)
+        # time windows: changelog slots (see the module docstring)
+        w = self.window
+        self._ring = -(-(w.size + w.expires) // w.step)
+        self._slot_heads: dict[int, tuple[bytes, bytes]] = {}  # start -> (key head, bounds)
+        # per partition: changelog keys of slots whose window expired and that no later
+        # window has written since -> stream time of the expiry; and (when their tombstone
+        # is due, key, that stream time), in order. Changed only when a commit succeeds.
+        self._stale: dict[int, dict[bytes, int]] = {}
+        self._tombs: dict[int, collections.deque[tuple[int, bytes, int]]] = {}
+        self._stale_plan: list[tuple[int, int, list[bytes], list[bytes]]] = []
+        self._slot_rows: dict[int, dict[tuple[Any, int], Any]] = {}  # while restoring
         self._key_bytes: dict[Any, bytes] = {}  # encoded keys
         self._idle = self.window.idle_close is not None
         self.produce: Produce | None = None
+        # (event, key, rows, row) of the last time-window update: what current() reads
+        self.last_write: tuple[Any, Any, Any, Any] = (None, None, None, None)
+        self._last_set: WindowSet | None = None  # what get() returned last
         self.emit_topic: TopicSpec | None = None
         self.dead_letter_topic: TopicSpec | None = None
         self.dropped = 0  # late updates (this process)
@@ -285,6 +315,7 @@ class WindowedState(TableState):
                     rows[row] = self._apply(op, MISSING, operand, key)
                 else:
                     rows[row] = OPS[op](old, operand)
+                self.last_write = (event, key, rows, row)
             else:
                 self._late(event, ts, st)
         elif not self._update_kind(partition, rows, key, ts, st, op, operand):
@@ -599,7 +630,11 @@ class WindowedState(TableState):
         return sorted(bounds)
 
     def get(self, key: Any, default: Any = MISSING) -> Any:
-        return WindowSet(self, key)  # an unowned or unhashable key fails when it is used
+        last = self._last_set  # `t[k] += 1` then `t[k].current()`: one WindowSet
+        if last is not None and last.key is key:
+            return last
+        self._last_set = last = WindowSet(self, key)  # an unowned key fails when it is used
+        return last
 
     def contains(self, key: Any) -> bool:
         partition, _ = self._owned(key)
@@ -635,23 +670,79 @@ class WindowedState(TableState):
 
     def encoded_changes(self) -> Iterator[tuple[int, bytes, bytes | None]]:
         encode_row, encode_value = self._encode_row, self.spec.value.encode
+        slot_heads, key_bytes = self._slot_heads, self._key_bytes
+        size, expires = self.window.size, self.window.expires
+        delay = self._ring * self.window.step
+        self._stale_plan = plan = []
         for partition, undo in self.undo.items():  # TableState.changes(), inlined: hot
             rows = self.partitions.get(partition)
             if rows is None:
                 continue
+            st = self.stream_time[partition]
+            stale = self._stale[partition]
+            expired: list[bytes] = []  # slots whose window expired this cycle
+            written: list[bytes] = []  # slots stale before this cycle, written again
             for row, before in undo.items():
                 after = rows.get(row, MISSING)
-                if after is MISSING:
+                tag, start, end, key = row
+                if tag == WINDOW:  # keyed by slot (the module docstring)
+                    head = slot_heads.get(start)
+                    if head is None:
+                        head = self._slot_head(start, end)
+                    kb = key_bytes.get(key)
+                    slot_key = head[0] + (self._encode_key(key) if kb is None else kb)
+                    if after is not MISSING:
+                        if slot_key in stale:
+                            written.append(slot_key)
+                        yield partition, slot_key, head[1] + encode_value(after)
+                    elif before is MISSING:
+                        continue  # created and removed in this cycle: never written
+                    elif end + expires <= st:  # expired: no tombstone (see _sweep)
+                        later = start + delay  # the next window in its slot, if written
+                        if (WINDOW, later, later + size, key) not in rows:
+                            expired.append(slot_key)
+                    else:
+                        yield partition, slot_key, None  # deleted before it expired
+                elif after is MISSING:
                     if before is not MISSING:
                         yield partition, encode_row(row), None
-                elif row[0] == UPDATES:
+                elif tag == UPDATES:
                     yield partition, encode_row(row), orjson.dumps(after)
                 else:
                     yield partition, encode_row(row), encode_value(after)
+            plan.append((partition, 0, expired, written))
         for partition, before in self._time_undo.items():
-            st = self.stream_time.get(partition)
-            if st is not None and st != before:
-                yield partition, self._encode_row(META_KEY), orjson.dumps(st)
+            now = self.stream_time.get(partition)
+            if now is not None and now != before:
+                yield partition, self._encode_row(META_KEY), orjson.dumps(now)
+        yield from self._sweep()
+
+    def _sweep(self) -> Iterator[tuple[int, bytes, None]]:
+        """Tombstones for slots no window has written for a ring since their window
+        expired (a key that went idle); planned, and forgotten once the commit succeeds."""
+        written_now = {
+            k for _, _, expired, written in self._stale_plan for k in (*expired, *written)
+        }
+        for partition, tombs in self._tombs.items():
+            st = self.stream_time[partition]
+            stale = self._stale[partition]
+            due = 0
+            for at, slot_key, since in tombs:
+                if at > st:
+                    break
+                due += 1
+                if stale.get(slot_key) == since and slot_key not in written_now:
+                    yield partition, slot_key, None
+            if due:
+                self._stale_plan.append((partition, due, [], []))
+
+    def _slot_head(self, start: int, end: int) -> tuple[bytes, bytes]:
+        """A time window's changelog key prefix (tag and slot) and its encoded bounds."""
+        if len(self._slot_heads) > 10_000:
+            self._slot_heads.clear()
+        slot = start // self.window.step % self._ring
+        head = self._slot_heads[start] = (b"w" + _SLOT.pack(slot), _BOUNDS.pack(start, end))
+        return head
 
     def _encode_row(self, row: Any) -> bytes:
         tag, start, end, key = row
@@ -662,23 +753,39 @@ class WindowedState(TableState):
             head = self._heads[(tag, start, end)] = tag.encode() + _BOUNDS.pack(start, end)
         if tag == META:
             return head
-        try:
-            key_bytes = self._key_bytes.get(key)
-        except TypeError:  # an unhashable key cannot be a row; be safe anyway
-            key_bytes = None
-        if key_bytes is None:
-            key_bytes = bytes(self.spec.key.encode(key))
-            if len(self._key_bytes) > 200_000:
-                self._key_bytes.clear()
-            self._key_bytes[key] = key_bytes
-        return head + key_bytes
+        key_bytes = self._key_bytes.get(key)
+        return head + (self._encode_key(key) if key_bytes is None else key_bytes)
+
+    def _encode_key(self, key: Any) -> bytes:
+        key_bytes = bytes(self.spec.key.encode(key))
+        if len(self._key_bytes) > 200_000:
+            self._key_bytes.clear()
+        self._key_bytes[key] = key_bytes
+        return key_bytes
 
     def committed(self) -> None:
         super().committed()
         self._time_undo.clear()
+        delay = self._ring * self.window.step
+        for partition, swept, expired, written in self._stale_plan:
+            stale, tombs = self._stale.get(partition), self._tombs.get(partition)
+            if stale is None or tombs is None:
+                continue
+            for _ in range(swept):
+                _, slot_key, since = tombs.popleft()
+                if stale.get(slot_key) == since:
+                    del stale[slot_key]
+            st = self.stream_time[partition]
+            for slot_key in expired:
+                stale[slot_key] = st
+                tombs.append((st + delay, slot_key, st))
+            for slot_key in written:
+                stale.pop(slot_key, None)
+        self._stale_plan = []
 
     def rollback(self) -> None:
         super().rollback()
+        self._stale_plan = []
         for partition, before in self._time_undo.items():
             if partition in self.stream_time:
                 self.stream_time[partition] = before
@@ -691,6 +798,7 @@ class WindowedState(TableState):
     def attach(self, partition: int, rows: dict[bytes, bytes]) -> None:
         self.partitions[partition] = {}
         self.stream_time[partition] = NO_TIME
+        self._stale[partition], self._tombs[partition] = {}, collections.deque()
         self._apply_rows(partition, rows.items())
         self._reindex(partition)
 
@@ -704,11 +812,28 @@ class WindowedState(TableState):
     def _apply_rows(self, partition: int, rows: Any) -> None:
         table = self.partitions[partition]
         decode_key, decode_value = self.spec.key.decode, self.spec.value.decode
+        slots = self._slot_rows.get(partition)
+        if slots is None:  # a time window's record replaces the window in its slot
+            step, ring = self.window.step, self._ring
+            slots = self._slot_rows[partition] = {
+                (row[3], row[1] // step % ring): row for row in table if row[0] == WINDOW
+            }
         for key_bytes, value_bytes in rows:
             tag = key_bytes[:1].decode()
             if tag == META:
                 if value_bytes is not None:
                     self.stream_time[partition] = orjson.loads(value_bytes)
+                continue
+            if tag == WINDOW:
+                (slot,) = _SLOT.unpack_from(key_bytes, 1)
+                key = decode_key(key_bytes[9:])
+                replaced = slots.pop((key, slot), None)
+                if replaced is not None:
+                    del table[replaced]
+                if value_bytes is not None:
+                    start, end = _BOUNDS.unpack_from(value_bytes)
+                    row = slots[(key, slot)] = (WINDOW, start, end, key)
+                    table[row] = decode_value(value_bytes[16:])
                 continue
             start, end = _BOUNDS.unpack_from(key_bytes, 1)
             row = (tag, start, end, decode_key(key_bytes[17:]))
@@ -721,12 +846,15 @@ class WindowedState(TableState):
 
     def _reindex(self, partition: int) -> None:
         """Rebuild the partition's indexes from its rows and stream time (after a restore
-        or an abort): nothing in them is state of its own."""
+        or an abort): nothing in them is state of its own. Restored time windows that have
+        expired are dropped, their slots stale (see the module docstring)."""
+        self._slot_rows.pop(partition, None)
         rows = self.partitions[partition]
         st = self.stream_time[partition]
         due = self._due[partition] = _Schedule()
         by_key: dict[Any, list[Any]] = {}
         self._by_key[partition], self._pending[partition] = by_key, set()
+        expired = []
         for row in rows:
             tag, start, end, key = row
             if tag == UPDATES:
@@ -737,8 +865,19 @@ class WindowedState(TableState):
                 by_key.setdefault(key, []).append(row)
             if self._close_at(start, end) > st:
                 due.add(self._close_at(start, end), row)
+            elif self._timed and self._expire_at(start, end) <= st:
+                expired.append(row)
             else:  # closed (its result is out): kept for reads until it expires
                 due.add(self._expire_at(start, end), _Expire(row))
+        stale, tombs = self._stale[partition], self._tombs[partition]
+        for row in expired:
+            del rows[row]
+            head = self._slot_heads.get(row[1]) or self._slot_head(row[1], row[2])
+            slot_key = head[0] + self._encode_key(row[3])
+            stale[slot_key] = st
+            tombs.append((st + self._ring * self.window.step, slot_key, st))
+        if expired:
+            self._tombs[partition] = collections.deque(sorted(tombs, key=operator.itemgetter(0)))
         if self.window.kind == "sliding":
             for key in by_key:
                 self._queue_sliding(partition, key, self._sliding_windows(partition, key), st)
@@ -753,5 +892,8 @@ class WindowedState(TableState):
             self._by_key,
             self._pending,
             self._last_update,
+            self._stale,
+            self._tombs,
+            self._slot_rows,
         ):
             index.pop(partition, None)
