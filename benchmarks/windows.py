@@ -47,7 +47,7 @@ def build_app(kind: str, directory: str, expires: float | None = None, run: int 
         f"bench-windows-{kind}-{outputs}-{run}",
         broker=f"sqlite:///{directory}/bench.db",
         commit_interval=0.1,
-        state_dir=f"{directory}/state-{kind}-{run}",
+        state_dir=f"{directory}/state-{kind}-{outputs}-{run}",
         default_partitions=4,
     )
     events = app.topic("events", value_type=str)
