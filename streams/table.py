@@ -24,7 +24,7 @@ from runtime.errors import AppError, ConfigurationError, TableWriteOutsideAgentE
 from runtime.worker import MISSING, TableSpec, TableState, current_agent
 from runtime.worker.spec import WindowSpec
 from runtime.worker.windowing import Window, to_ms, window_spec
-from runtime.worker.windows import WindowedState
+from runtime.worker.windows import WindowedState, WindowSet
 from streams.codecs import Codec
 
 if TYPE_CHECKING:
@@ -233,6 +233,8 @@ class Table:
         state = None if runner is None else runner.tables.get(self.name)
         if state is None:
             state = self._writable()  # outside an agent: raises the explanation
+        if value.__class__ is WindowSet and value.key is key and value.state is state:
+            return  # `table[key] += 1` on a windowed table: the operator applied it (hot)
         state.set(key, value)
 
     def __delitem__(self, key: Any) -> None:

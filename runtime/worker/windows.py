@@ -57,7 +57,7 @@ from runtime.errors import AppError, TableWriteOutsideAgentError
 from runtime.types import Event, Record
 from runtime.worker.agents import current_agent
 from runtime.worker.spec import TableSpec, TopicSpec, WindowSpec
-from runtime.worker.tables import MISSING, TableState
+from runtime.worker.tables import MISSING, PARTITION_CACHE_SIZE, TableState
 from runtime.worker.windowing import (
     OPS,
     Window,
@@ -151,17 +151,68 @@ class WindowSet:
 
 
 def _in_place(op: str) -> Callable[[WindowSet, Any], WindowSet]:
-    def apply(self: WindowSet, operand: Any) -> WindowSet:
-        self.state.update(self.key, op, operand)
-        return self
+    """`window_set <op>= operand`: apply `op` to every open window of the key holding the
+    current event's time. Every window update runs here (one call: the hot path)."""
+    fn = OPS[op]
+
+    def apply(ws: WindowSet, operand: Any) -> WindowSet:
+        state, key = ws.state, ws.key
+        runner = current_agent.get()
+        event = None if runner is None else runner.inbox.current
+        if event is None:
+            raise TableWriteOutsideAgentError(
+                f"windowed table {state.spec.name!r} was written outside an agent: a window "
+                "update needs the event being processed (its time picks the windows)"
+            )
+        ts = event.timestamp if state._timestamp_fn is None else state.event_time(event)
+        try:  # fast path, as in TableState.get
+            partition = state._placement[key]
+            rows = state.partitions[partition]
+        except (KeyError, TypeError):
+            partition, rows = state._owned(key)
+        if state._idle:  # the partition may have been idle: its stream time moved on
+            idle_time = state._idle_time(partition, time.monotonic(), due_only=False)
+            if idle_time is not None and idle_time > ts:
+                state._advance(partition, idle_time)
+        st = state.stream_time[partition]
+        if ts > st:  # the stream time advances
+            if partition not in state._time_undo:
+                state._time_undo[partition] = st
+            state.stream_time[partition] = st = ts
+        if state._idle:
+            state._last_update[partition] = (time.monotonic(), st)
+        if state._tumbling and ts >= 0:  # fast path: _update_time for one window
+            size = state._size
+            start = ts - ts % size
+            if start + size + state._grace > st:  # open
+                row = (WINDOW, start, start + size, key)
+                old = rows.get(row, MISSING)
+                undo = state.undo.get(partition)
+                if undo is None:
+                    undo = state.undo[partition] = {}
+                undo.setdefault(row, old)
+                if old is MISSING:
+                    state._due[partition].add(start + size + state._grace, row)
+                    old = state._default(op, key)
+                rows[row] = fn(old, operand)
+                state.last_write = (event, key, rows, row)
+            else:
+                state._late(event, ts, st)
+        elif not state._update_kind(partition, rows, key, ts, st, op, operand):
+            state._late(event, ts, st)
+        due = state._due[partition].times
+        if due and due[0] <= st:
+            state._close(partition, st)
+        return ws
 
     apply.__name__ = f"__i{op}__"
     return apply
 
 
+_IN_PLACE = {op: _in_place(op) for op in OPS}
 for _op in OPS:
     if _op != "set":
-        setattr(WindowSet, f"__i{_op}__", _in_place(_op))
+        setattr(WindowSet, f"__i{_op}__", _IN_PLACE[_op])
 
 
 class WindowedState(TableState):
@@ -200,7 +251,7 @@ class WindowedState(TableState):
         self.produce: Produce | None = None
         # (event, key, rows, row) of the last time-window update: what current() reads
         self.last_write: tuple[Any, Any, Any, Any] = (None, None, None, None)
-        self._last_set: WindowSet | None = None  # what get() returned last
+        self._sets: dict[Any, WindowSet] = {}  # what get() returns, per key
         self.emit_topic: TopicSpec | None = None
         self.dead_letter_topic: TopicSpec | None = None
         self.dropped = 0  # late updates (this process)
@@ -274,55 +325,7 @@ class WindowedState(TableState):
 
     def update(self, key: Any, op: str, operand: Any) -> None:
         """Apply `op` to every open window of `key` holding the current event's time."""
-        runner = current_agent.get()
-        event = None if runner is None else runner.inbox.current
-        if event is None:
-            raise TableWriteOutsideAgentError(
-                f"windowed table {self.spec.name!r} was written outside an agent: a window "
-                "update needs the event being processed (its time picks the windows)"
-            )
-        ts = event.timestamp if self._timestamp_fn is None else self.event_time(event)
-        try:  # fast path, as in TableState.get
-            partition = self._placement[key]
-            rows = self.partitions[partition]
-        except (KeyError, TypeError):
-            partition, rows = self._owned(key)
-        if self._idle:  # the partition may have been idle: its stream time moved on
-            idle_time = self._idle_time(partition, time.monotonic(), due_only=False)
-            if idle_time is not None and idle_time > ts:
-                self._advance(partition, idle_time)
-        st = self.stream_time[partition]
-        if ts > st:  # the stream time advances
-            if partition not in self._time_undo:
-                self._time_undo[partition] = st
-            self.stream_time[partition] = st = ts
-        if self._idle:
-            self._last_update[partition] = (time.monotonic(), st)
-        if self._tumbling and ts >= 0:  # fast path: _update_time for one window
-            size = self._size
-            start = ts - ts % size
-            close_at = start + size + self._grace
-            if close_at > st:  # open
-                row = (WINDOW, start, start + size, key)
-                old = rows.get(row, MISSING)
-                undo = self.undo.get(partition)
-                if undo is None:
-                    undo = self.undo[partition] = {}
-                if row not in undo:
-                    undo[row] = old
-                if old is MISSING:
-                    self._due[partition].add(close_at, row)
-                    rows[row] = self._apply(op, MISSING, operand, key)
-                else:
-                    rows[row] = OPS[op](old, operand)
-                self.last_write = (event, key, rows, row)
-            else:
-                self._late(event, ts, st)
-        elif not self._update_kind(partition, rows, key, ts, st, op, operand):
-            self._late(event, ts, st)
-        due = self._due[partition].times
-        if due and due[0] <= st:
-            self._close(partition, st)
+        _IN_PLACE[op](self.get(key), operand)
 
     def _write(self, partition: int, rows: dict[Any, Any], row: Any, value: Any) -> None:
         self._remember(partition, rows, row)
@@ -342,16 +345,18 @@ class WindowedState(TableState):
                 del self._by_key[partition][row[3]]
 
     def _apply(self, op: str, old: Any, operand: Any, key: Any) -> Any:
+        return OPS[op](self._default(op, key) if old is MISSING else old, operand)
+
+    def _default(self, op: str, key: Any) -> Any:
+        """The value a window starts from (`set` ignores it)."""
         if op == "set":
-            return operand
-        if old is MISSING:
-            if self.spec.default is None:
-                raise KeyError(
-                    f"windowed table {self.spec.name!r} has no default= for the first "
-                    f"update of key {key!r}"
-                )
-            old = self.spec.default()
-        return OPS[op](old, operand)
+            return None
+        if self.spec.default is None:
+            raise KeyError(
+                f"windowed table {self.spec.name!r} has no default= for the first "
+                f"update of key {key!r}"
+            )
+        return self.spec.default()
 
     def _update_time(
         self, partition: int, rows: dict[Any, Any], key: Any, ts: int, st: int, op: str, x: Any
@@ -483,6 +488,9 @@ class WindowedState(TableState):
         it (or schedule its removal) from the table."""
         rows = self.partitions[partition]
         schedule = self._due[partition]
+        if self._timed:
+            self._close_timed(partition, rows, schedule, st)
+            return
         closed = set()  # a row deleted and re-created is scheduled twice, at the same time
         for what in schedule.pop_due(st):
             if type(what) is _Expire:
@@ -507,6 +515,36 @@ class WindowedState(TableState):
                 self._remove(partition, rows, what)
             else:
                 schedule.add(expire_at, _Expire(what))
+
+    def _close_timed(
+        self, partition: int, rows: dict[Any, Any], schedule: _Schedule, st: int
+    ) -> None:
+        """_close for time windows: every key's window of a start closes at once (hot)."""
+        undo = self.undo.get(partition)
+        if undo is None:
+            undo = self.undo[partition] = {}
+        emit = self.emit_topic is not None and self.produce is not None
+        expires = self.window.expires
+        closed = set()  # a row deleted and re-created is scheduled twice, at the same time
+        for what in schedule.pop_due(st):
+            if type(what) is _Expire:
+                value = rows.pop(what.row, MISSING)
+                if value is not MISSING:
+                    undo.setdefault(what.row, value)
+                continue
+            if what in closed:
+                continue
+            closed.add(what)
+            value = rows.get(what, MISSING)
+            if value is MISSING:
+                continue
+            if emit:
+                self._emit(what[3], what[1], what[2], value)
+            if what[2] + expires <= st:  # expired (_expire_at)
+                undo.setdefault(what, value)
+                del rows[what]
+            else:
+                schedule.add(what[2] + expires, _Expire(what))
 
     def _emit(self, key: Any, start: int, end: int, value: Any) -> None:
         topic = self.emit_topic
@@ -630,11 +668,16 @@ class WindowedState(TableState):
         return sorted(bounds)
 
     def get(self, key: Any, default: Any = MISSING) -> Any:
-        last = self._last_set  # `t[k] += 1` then `t[k].current()`: one WindowSet
-        if last is not None and last.key is key:
-            return last
-        self._last_set = last = WindowSet(self, key)  # an unowned key fails when it is used
-        return last
+        """`table[key]`: the key's WindowSet (an unowned key fails when it is used)."""
+        try:
+            return self._sets[key]
+        except KeyError:
+            if len(self._sets) >= PARTITION_CACHE_SIZE:
+                self._sets.clear()
+            window_set = self._sets[key] = WindowSet(self, key)
+            return window_set
+        except TypeError:
+            return WindowSet(self, key)  # unhashable: fails when it is used
 
     def contains(self, key: Any) -> bool:
         partition, _ = self._owned(key)
