@@ -24,14 +24,16 @@ Rows in memory are keyed (tag, start, end, key):
                                         sliding: the updates at ts; a sliding window's value
                                         is folded from the updates inside it that arrived
                                         before it closed (in event-time order)
-    ("m", 0, 0, None)      -> stream time of the partition
+    ("m", 0, 0, None)      -> [stream time of the partition, ring, step] (below)
 
 In the changelog and the local store a row is keyed by its tag, bounds and key, except a
 time window: it is keyed by its key and slot, `(start / step) mod ring`, with its bounds in the
 value; `ring` windows of a key are never live at once, so a key's next window in a slot
 overwrites its expired one and expiry costs no tombstone. A restore drops rows its stream time
 says are expired. A slot a key stops writing gets its tombstone one ring later (`_tombs`);
-a window removed before it expires (`del table[key]`) gets one at once.
+a window removed before it expires (`del table[key]`) gets one at once. When the ring or step
+changes between runs (a new `expires=` or `grace=`), the first commit after the restore
+rewrites every window under its new slot and tombstones the old records (`_migration`).
 
 A window closes in the transaction that moves the stream time past it, and its final result
 (`emit_to`) is produced in that same transaction: after any crash the restored stream time
@@ -48,7 +50,7 @@ import logging
 import operator
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableSet
 from typing import Any
 
 import orjson
@@ -245,7 +247,12 @@ class WindowedState(TableState):
         self._stale: dict[int, dict[bytes, int]] = {}
         self._tombs: dict[int, collections.deque[tuple[int, bytes, int]]] = {}
         self._stale_plan: list[tuple[int, int, list[bytes], list[bytes]]] = []
-        self._slot_rows: dict[int, dict[tuple[Any, int], Any]] = {}  # while restoring
+        # while restoring: (key, slot) -> row, and row -> (key, slot), per partition
+        self._slot_rows: dict[int, tuple[dict[tuple[Any, int], Any], dict[Any, Any]]] = {}
+        self._layout: dict[int, tuple[int, int]] = {}  # (ring, step) restored, while restoring
+        # per partition: changelog keys of an older (ring, step) to delete at the next commit,
+        # which also writes every window under its present slot (kept until it succeeds)
+        self._migration: dict[int, list[bytes]] = {}
         self._key_bytes: dict[Any, bytes] = {}  # encoded keys
         self._idle = self.window.idle_close is not None
         self.produce: Produce | None = None
@@ -723,6 +730,8 @@ class WindowedState(TableState):
                 continue
             st = self.stream_time[partition]
             stale = self._stale[partition]
+            # a migrating partition yields each key once: the cycle's records, then the rest
+            seen: set[bytes] | None = set() if partition in self._migration else None
             expired: list[bytes] = []  # slots whose window expired this cycle
             written: list[bytes] = []  # slots stale before this cycle, written again
             for row, before in undo.items():
@@ -734,6 +743,8 @@ class WindowedState(TableState):
                         head = self._slot_head(start, end)
                     kb = key_bytes.get(key)
                     slot_key = head[0] + (self._encode_key(key) if kb is None else kb)
+                    if seen is not None:
+                        seen.add(slot_key)
                     if after is not MISSING:
                         if slot_key in stale:
                             written.append(slot_key)
@@ -754,11 +765,36 @@ class WindowedState(TableState):
                 else:
                     yield partition, encode_row(row), encode_value(after)
             plan.append((partition, 0, expired, written))
+            if seen is not None:
+                yield from self._migrate(partition, seen)
+        for partition in self._migration:
+            if partition not in self.undo:
+                yield from self._migrate(partition, set())
         for partition, before in self._time_undo.items():
             now = self.stream_time.get(partition)
-            if now is not None and now != before:
-                yield partition, self._encode_row(META_KEY), orjson.dumps(now)
+            if now is not None and now != before and partition not in self._migration:
+                yield partition, self._encode_row(META_KEY), self._meta(now)
         yield from self._sweep()
+
+    def _meta(self, st: int) -> bytes:
+        return orjson.dumps([st, self._ring, self.window.step])
+
+    def _migrate(self, partition: int, seen: MutableSet[bytes]) -> Iterator[tuple[int, bytes, Any]]:
+        """The records that move a partition restored with another (ring, step) to the
+        present one: every window under its slot, tombstones for the old keys, the layout."""
+        rows, encode_value = self.partitions[partition], self.spec.value.encode
+        for row, value in rows.items():
+            if row[0] == WINDOW:
+                head = self._slot_heads.get(row[1]) or self._slot_head(row[1], row[2])
+                slot_key = head[0] + self._encode_key(row[3])
+                if slot_key not in seen:
+                    seen.add(slot_key)
+                    yield partition, slot_key, head[1] + encode_value(value)
+        for old_key in self._migration[partition]:
+            if old_key not in seen:
+                seen.add(old_key)
+                yield partition, old_key, None
+        yield partition, self._encode_row(META_KEY), self._meta(self.stream_time[partition])
 
     def _sweep(self) -> Iterator[tuple[int, bytes, None]]:
         """Tombstones for slots no window has written for a ring since their window
@@ -809,6 +845,7 @@ class WindowedState(TableState):
     def committed(self) -> None:
         super().committed()
         self._time_undo.clear()
+        self._migration.clear()
         delay = self._ring * self.window.step
         for partition, swept, expired, written in self._stale_plan:
             stale, tombs = self._stale.get(partition), self._tombs.get(partition)
@@ -850,32 +887,38 @@ class WindowedState(TableState):
         self._apply_rows(partition, ((r.key, r.value) for r in records if r.key is not None))
 
     def restored(self, partition: int) -> None:
-        self._reindex(partition)
+        self._reindex(partition, restored=True)
 
     def _apply_rows(self, partition: int, rows: Any) -> None:
         table = self.partitions[partition]
         decode_key, decode_value = self.spec.key.decode, self.spec.value.decode
-        slots = self._slot_rows.get(partition)
-        if slots is None:  # a time window's record replaces the window in its slot
+        maps = self._slot_rows.get(partition)
+        if maps is None:  # a time window's record replaces the window in its slot
             step, ring = self.window.step, self._ring
-            slots = self._slot_rows[partition] = {
-                (row[3], row[1] // step % ring): row for row in table if row[0] == WINDOW
-            }
+            owner = {row: (row[3], row[1] // step % ring) for row in table if row[0] == WINDOW}
+            maps = self._slot_rows[partition] = ({v: k for k, v in owner.items()}, owner)
+        slots, owner = maps
         for key_bytes, value_bytes in rows:
             tag = key_bytes[:1].decode()
             if tag == META:
                 if value_bytes is not None:
-                    self.stream_time[partition] = orjson.loads(value_bytes)
+                    meta = orjson.loads(value_bytes)
+                    self.stream_time[partition], ring, step = meta
+                    self._layout[partition] = (ring, step)
                 continue
             if tag == WINDOW:
                 (slot,) = _SLOT.unpack_from(key_bytes, 1)
                 key = decode_key(key_bytes[9:])
                 replaced = slots.pop((key, slot), None)
                 if replaced is not None:
-                    del table[replaced]
+                    del table[replaced], owner[replaced]
                 if value_bytes is not None:
                     start, end = _BOUNDS.unpack_from(value_bytes)
                     row = slots[(key, slot)] = (WINDOW, start, end, key)
+                    moved = owner.get(row)  # the window had another slot (another layout)
+                    if moved is not None:
+                        del slots[moved]
+                    owner[row] = (key, slot)
                     table[row] = decode_value(value_bytes[16:])
                 continue
             start, end = _BOUNDS.unpack_from(key_bytes, 1)
@@ -887,11 +930,11 @@ class WindowedState(TableState):
             else:
                 table[row] = decode_value(value_bytes)
 
-    def _reindex(self, partition: int) -> None:
+    def _reindex(self, partition: int, restored: bool = False) -> None:
         """Rebuild the partition's indexes from its rows and stream time (after a restore
-        or an abort): nothing in them is state of its own. Restored time windows that have
-        expired are dropped, their slots stale (see the module docstring)."""
-        self._slot_rows.pop(partition, None)
+        or an abort): nothing in them is state of its own. After a restore, time windows
+        that have expired are dropped, their slots stale (see the module docstring), and a
+        partition written with another layout is moved to the present one."""
         rows = self.partitions[partition]
         st = self.stream_time[partition]
         due = self._due[partition] = _Schedule()
@@ -908,10 +951,16 @@ class WindowedState(TableState):
                 by_key.setdefault(key, []).append(row)
             if self._close_at(start, end) > st:
                 due.add(self._close_at(start, end), row)
-            elif self._timed and self._expire_at(start, end) <= st:
+            elif restored and self._timed and self._expire_at(start, end) <= st:
                 expired.append(row)
             else:  # closed (its result is out): kept for reads until it expires
                 due.add(self._expire_at(start, end), _Expire(row))
+        if restored:
+            self._slot_rows.pop(partition, None)
+        layout = self._layout.pop(partition, None) if restored else None
+        if self._timed and layout is not None and layout != (self._ring, self.window.step):
+            self._plan_migration(partition, layout, expired)
+            expired = []
         stale, tombs = self._stale[partition], self._tombs[partition]
         for row in expired:
             del rows[row]
@@ -926,6 +975,30 @@ class WindowedState(TableState):
                 self._queue_sliding(partition, key, self._sliding_windows(partition, key), st)
         self._last_update[partition] = (time.monotonic(), st)
 
+    def _plan_migration(self, partition: int, layout: tuple[int, int], expired: list[Any]) -> None:
+        """The partition was written with another (ring, step): drop its expired windows
+        and let the next commit rewrite the rest under their present slots."""
+        ring, step = layout
+        rows = self.partitions[partition]
+        old_keys = [
+            b"w" + _SLOT.pack(row[1] // step % ring) + self._encode_key(row[3])
+            for row in rows
+            if row[0] == WINDOW
+        ]
+        for row in expired:
+            del rows[row]
+        self._migration[partition] = old_keys
+        log.info(
+            "windowed table %s[%d]: restored with ring %d / step %d ms, now %d / %d: its "
+            "windows move to their new changelog slots at the next commit",
+            self.spec.name,
+            partition,
+            ring,
+            step,
+            self._ring,
+            self.window.step,
+        )
+
     def detach(self, partition: int) -> None:
         super().detach(partition)
         for index in (
@@ -938,5 +1011,7 @@ class WindowedState(TableState):
             self._stale,
             self._tombs,
             self._slot_rows,
+            self._layout,
+            self._migration,
         ):
             index.pop(partition, None)

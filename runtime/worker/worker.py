@@ -516,6 +516,7 @@ class Worker:
         start = info.log_start if checkpoint is None else checkpoint
         end = await self._settled_end(tp)
         if start >= end:
+            table.restored(partition)
             return 0
         await reader.assign([tp])
         reader.seek(tp, start)

@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import os
 import random
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -1275,6 +1276,51 @@ async def test_a_key_that_goes_idle_has_its_time_windows_tombstoned_a_ring_after
     async with file_run(app, tmp_path, state="fresh-state") as rebuilt:
         await rebuilt.drain()
         await assert_exactly_once(rebuilt, model)
+
+
+@pytest.mark.parametrize("kind", ["tumbling", "hopping"])
+async def test_changing_expires_between_runs_moves_windows_to_their_new_slots(
+    tmp_path: Path, kind: str
+) -> None:
+    """A new `expires=` changes the ring of changelog slots. A worker restored from the old
+    layout (from its store, or from the changelog alone) keeps every window, the first commit
+    moves them to their new slots and tombstones the old records, and later restores (either
+    way) read the same table: no window lost, duplicated, or brought back with an old value."""
+    size, step = 1000, 1000 if kind == "tumbling" else 500
+
+    def app_with(expires: int) -> streams.App:
+        return model_app(kind, size, step, 0, expires)
+
+    def events(ns: range, start: int) -> list[tuple[Any, dict[str, Any], int]]:
+        return [(KEYS[n % 3], {"k": KEYS[n % 3], "n": n}, start + 100 * (n - ns[0])) for n in ns]
+
+    first = events(range(0, 15), 0)  # 0 .. 1.4 s: nothing expires yet under either layout
+    second = events(range(15, 90), 1500)  # 1.5 .. 8.9 s
+    third = events(range(90, 93), 9000)
+    wide = expected(kind, first + second, size=size, step=step, grace=0, expires=3000)
+    async with file_run(app_with(1000), tmp_path) as run:  # ring: (size + 1000) / step
+        await send_timed(run, "events", first)
+        await run.drain()
+    async with file_run(app_with(3000), tmp_path) as run:  # a wider ring, from the store
+        await run.drain()
+        await send_timed(run, "events", second)
+        await run.drain()
+        await assert_exactly_once(run, wide)
+    narrow = expected(kind, first + second + third, size=size, step=step, grace=0, expires=1000)
+    for state in ("rebuilt", "rebuilt", "state"):  # from the changelog, then stores, narrow ring
+        async with file_run(app_with(1000), tmp_path, state=state) as run:
+            await run.drain()
+            if third:
+                await send_timed(run, "events", third)
+                await run.drain()
+                third = []
+            await assert_exactly_once(run, narrow)
+            log = dict(await read_changelog(run, app_with(1000).tables["seen"]))
+    ring = (size + 1000) // step
+    slots = [struct.unpack(">q", k[1:9])[0] for k, v in log.items() if k[:1] == b"w" and v]
+    assert slots and max(slots) < ring  # the wide ring's records are gone
+    bounds = [(k[9:], v[:16]) for k, v in log.items() if k[:1] == b"w" and v]
+    assert len(bounds) == len(set(bounds))  # one record per window
 
 
 @pytest.mark.parametrize("kind", ["tumbling", "hopping", "session", "sliding"])
