@@ -50,7 +50,7 @@ import logging
 import operator
 import struct
 import time
-from collections.abc import Callable, Iterator, MutableSet
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -240,6 +240,7 @@ class WindowedState(TableState):
         # time windows: changelog slots (see the module docstring)
         w = self.window
         self._ring = -(-(w.size + w.expires) // w.step)
+        self._ring_ms = self._ring * w.step  # how long a slot waits for its key's next window
         self._slot_heads: dict[int, tuple[bytes, bytes]] = {}  # start -> (key head, bounds)
         # per partition: changelog keys of slots whose window expired and that no later
         # window has written since -> stream time of the expiry; and (when their tombstone
@@ -380,14 +381,11 @@ class WindowedState(TableState):
                 continue  # this window is closed
             row = (WINDOW, start, end, key)
             old = rows.get(row, MISSING)
+            undo.setdefault(row, old)
             if old is MISSING:
                 self._due[partition].add(end + grace, row)
-                undo.setdefault(row, MISSING)
-                rows[row] = self._apply(op, MISSING, x, key)
-            else:
-                if row not in undo:
-                    undo[row] = old
-                rows[row] = fn(old, x)
+                old = self._default(op, key)
+            rows[row] = fn(old, x)
             accepted = True
         return accepted
 
@@ -721,8 +719,7 @@ class WindowedState(TableState):
     def encoded_changes(self) -> Iterator[tuple[int, bytes, bytes | None]]:
         encode_row, encode_value = self._encode_row, self.spec.value.encode
         slot_heads, key_bytes = self._slot_heads, self._key_bytes
-        size, expires = self.window.size, self.window.expires
-        delay = self._ring * self.window.step
+        size, expires, ring_ms = self.window.size, self.window.expires, self._ring_ms
         self._stale_plan = plan = []
         for partition, undo in self.undo.items():  # TableState.changes(), inlined: hot
             rows = self.partitions.get(partition)
@@ -730,8 +727,6 @@ class WindowedState(TableState):
                 continue
             st = self.stream_time[partition]
             stale = self._stale[partition]
-            # a migrating partition yields each key once: the cycle's records, then the rest
-            seen: set[bytes] | None = set() if partition in self._migration else None
             expired: list[bytes] = []  # slots whose window expired this cycle
             written: list[bytes] = []  # slots stale before this cycle, written again
             for row, before in undo.items():
@@ -743,8 +738,6 @@ class WindowedState(TableState):
                         head = self._slot_head(start, end)
                     kb = key_bytes.get(key)
                     slot_key = head[0] + (self._encode_key(key) if kb is None else kb)
-                    if seen is not None:
-                        seen.add(slot_key)
                     if after is not MISSING:
                         if slot_key in stale:
                             written.append(slot_key)
@@ -752,7 +745,7 @@ class WindowedState(TableState):
                     elif before is MISSING:
                         continue  # created and removed in this cycle: never written
                     elif end + expires <= st:  # expired: no tombstone (see _sweep)
-                        later = start + delay  # the next window in its slot, if written
+                        later = start + ring_ms  # the next window in its slot, if written
                         if (WINDOW, later, later + size, key) not in rows:
                             expired.append(slot_key)
                     else:
@@ -765,11 +758,8 @@ class WindowedState(TableState):
                 else:
                     yield partition, encode_row(row), encode_value(after)
             plan.append((partition, 0, expired, written))
-            if seen is not None:
-                yield from self._migrate(partition, seen)
         for partition in self._migration:
-            if partition not in self.undo:
-                yield from self._migrate(partition, set())
+            yield from self._migrate(partition)
         for partition, before in self._time_undo.items():
             now = self.stream_time.get(partition)
             if now is not None and now != before and partition not in self._migration:
@@ -779,17 +769,18 @@ class WindowedState(TableState):
     def _meta(self, st: int) -> bytes:
         return orjson.dumps([st, self._ring, self.window.step])
 
-    def _migrate(self, partition: int, seen: MutableSet[bytes]) -> Iterator[tuple[int, bytes, Any]]:
+    def _migrate(self, partition: int) -> Iterator[tuple[int, bytes, Any]]:
         """The records that move a partition restored with another (ring, step) to the
-        present one: every window under its slot, tombstones for the old keys, the layout."""
+        present one: every window under its slot, tombstones for the old keys, the layout;
+        none for a key the cycle's own records have (each key once per commit)."""
         rows, encode_value = self.partitions[partition], self.spec.value.encode
+        seen = {self._slot_key(row)[0] for row in self.undo.get(partition, ()) if row[0] == WINDOW}
         for row, value in rows.items():
             if row[0] == WINDOW:
-                head = self._slot_heads.get(row[1]) or self._slot_head(row[1], row[2])
-                slot_key = head[0] + self._encode_key(row[3])
+                slot_key, bounds = self._slot_key(row)
                 if slot_key not in seen:
                     seen.add(slot_key)
-                    yield partition, slot_key, head[1] + encode_value(value)
+                    yield partition, slot_key, bounds + encode_value(value)
         for old_key in self._migration[partition]:
             if old_key not in seen:
                 seen.add(old_key)
@@ -814,6 +805,13 @@ class WindowedState(TableState):
                     yield partition, slot_key, None
             if due:
                 self._stale_plan.append((partition, due, [], []))
+
+    def _slot_key(self, row: Any) -> tuple[bytes, bytes]:
+        """A time window's changelog key and its encoded bounds (encoded_changes inlines
+        this: hot)."""
+        head = self._slot_heads.get(row[1]) or self._slot_head(row[1], row[2])
+        key_bytes = self._key_bytes.get(row[3])
+        return head[0] + (self._encode_key(row[3]) if key_bytes is None else key_bytes), head[1]
 
     def _slot_head(self, start: int, end: int) -> tuple[bytes, bytes]:
         """A time window's changelog key prefix (tag and slot) and its encoded bounds."""
@@ -846,7 +844,6 @@ class WindowedState(TableState):
         super().committed()
         self._time_undo.clear()
         self._migration.clear()
-        delay = self._ring * self.window.step
         for partition, swept, expired, written in self._stale_plan:
             stale, tombs = self._stale.get(partition), self._tombs.get(partition)
             if stale is None or tombs is None:
@@ -858,7 +855,7 @@ class WindowedState(TableState):
             st = self.stream_time[partition]
             for slot_key in expired:
                 stale[slot_key] = st
-                tombs.append((st + delay, slot_key, st))
+                tombs.append((st + self._ring_ms, slot_key, st))
             for slot_key in written:
                 stale.pop(slot_key, None)
         self._stale_plan = []
@@ -879,6 +876,7 @@ class WindowedState(TableState):
         self.partitions[partition] = {}
         self.stream_time[partition] = NO_TIME
         self._stale[partition], self._tombs[partition] = {}, collections.deque()
+        self._slot_rows[partition] = ({}, {})  # until restored()
         self._apply_rows(partition, rows.items())
         self._reindex(partition)
 
@@ -892,12 +890,7 @@ class WindowedState(TableState):
     def _apply_rows(self, partition: int, rows: Any) -> None:
         table = self.partitions[partition]
         decode_key, decode_value = self.spec.key.decode, self.spec.value.decode
-        maps = self._slot_rows.get(partition)
-        if maps is None:  # a time window's record replaces the window in its slot
-            step, ring = self.window.step, self._ring
-            owner = {row: (row[3], row[1] // step % ring) for row in table if row[0] == WINDOW}
-            maps = self._slot_rows[partition] = ({v: k for k, v in owner.items()}, owner)
-        slots, owner = maps
+        slots, owner = self._slot_rows[partition]  # a window record replaces its slot's window
         for key_bytes, value_bytes in rows:
             tag = key_bytes[:1].decode()
             if tag == META:
@@ -958,36 +951,33 @@ class WindowedState(TableState):
         if restored:
             self._slot_rows.pop(partition, None)
         layout = self._layout.pop(partition, None) if restored else None
+        migrating = False
         if self._timed and layout is not None and layout != (self._ring, self.window.step):
-            self._plan_migration(partition, layout, expired)
-            expired = []
+            self._plan_migration(partition, layout)  # the old keys of every window, expired too
+            migrating = True
         stale, tombs = self._stale[partition], self._tombs[partition]
         for row in expired:
             del rows[row]
-            head = self._slot_heads.get(row[1]) or self._slot_head(row[1], row[2])
-            slot_key = head[0] + self._encode_key(row[3])
-            stale[slot_key] = st
-            tombs.append((st + self._ring * self.window.step, slot_key, st))
-        if expired:
+            if not migrating:
+                slot_key = self._slot_key(row)[0]
+                stale[slot_key] = st
+                tombs.append((st + self._ring_ms, slot_key, st))
+        if expired and not migrating:
             self._tombs[partition] = collections.deque(sorted(tombs, key=operator.itemgetter(0)))
         if self.window.kind == "sliding":
             for key in by_key:
                 self._queue_sliding(partition, key, self._sliding_windows(partition, key), st)
         self._last_update[partition] = (time.monotonic(), st)
 
-    def _plan_migration(self, partition: int, layout: tuple[int, int], expired: list[Any]) -> None:
-        """The partition was written with another (ring, step): drop its expired windows
-        and let the next commit rewrite the rest under their present slots."""
+    def _plan_migration(self, partition: int, layout: tuple[int, int]) -> None:
+        """The partition was written with another (ring, step): the next commit tombstones
+        its windows' old keys and rewrites the live ones under their present slots."""
         ring, step = layout
-        rows = self.partitions[partition]
-        old_keys = [
+        self._migration[partition] = [
             b"w" + _SLOT.pack(row[1] // step % ring) + self._encode_key(row[3])
-            for row in rows
+            for row in self.partitions[partition]
             if row[0] == WINDOW
         ]
-        for row in expired:
-            del rows[row]
-        self._migration[partition] = old_keys
         log.info(
             "windowed table %s[%d]: restored with ring %d / step %d ms, now %d / %d: its "
             "windows move to their new changelog slots at the next commit",
