@@ -268,22 +268,15 @@ async def _table(args: argparse.Namespace) -> None:
         )
     settings = app.settings.override(broker=args.broker) if args.broker else app.settings
     async with settings.connect() as broker:
-        reader = broker.consumer(isolation=READ_COMMITTED)
-        tps = [TopicPartition(table.changelog_topic, p) for p in range(table.partitions)]
         await broker.describe_topic(table.changelog_topic)  # UnknownTopicError if never run
-        await reader.assign(tps)
-        ends = await reader.end_offsets(tps)
         rows: dict[int, dict[bytes, bytes]] = {p: {} for p in range(table.partitions)}
-        while any(reader.position(tp) < end for tp, end in ends.items()):
-            for tp, records in (await reader.getmany(timeout=1.0, max_records=10_000)).items():
-                for record in records:
-                    if record.key is None:
-                        continue
-                    if record.value is None:
-                        rows[tp.partition].pop(record.key, None)
-                    else:
-                        rows[tp.partition][record.key] = record.value
-        await reader.close()
+        async for record in broker.committed_records(table.changelog_topic, table.partitions):
+            if record.key is None:
+                continue
+            if record.value is None:
+                rows[record.partition].pop(record.key, None)
+            else:
+                rows[record.partition][record.key] = record.value
     spec = table.spec()  # decoded as a worker restores it (windows: (key, start, end) rows)
     state = WindowedState(spec) if spec.window else TableState(spec)
     for partition, partition_rows in rows.items():

@@ -20,8 +20,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from runtime.errors import AppError
-from runtime.transport import READ_COMMITTED, Transport
-from runtime.types import Event, TopicPartition
+from runtime.transport import Transport
+from runtime.types import Event
 from runtime.worker import Worker
 
 if TYPE_CHECKING:
@@ -117,28 +117,18 @@ class TestRun:
         """Every committed record of `topic`, decoded, in partition then offset order."""
         declared = self.app.topics[topic if isinstance(topic, str) else topic.name]
         assert self.transport is not None
-        consumer = self.transport.consumer(isolation=READ_COMMITTED)
-        await consumer.assign(
-            [TopicPartition(declared.name, p) for p in range(declared.partitions)]
-        )
-        events: list[Event] = []
-        ends = await consumer.end_offsets(consumer.assignment())
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            batch = await consumer.getmany(timeout=1.0, max_records=10_000)
-            for records in batch.values():
-                for r in records:
-                    events.append(
-                        Event(
-                            None if r.key is None else declared.key.decode(r.key),
-                            None if r.value is None else declared.value.decode(r.value),
-                            r.headers,
-                            r.timestamp,
-                            r.topic,
-                            r.partition,
-                            r.offset,
-                        )
-                    )
-        await consumer.close()
+        events = [
+            Event(
+                None if r.key is None else declared.key.decode(r.key),
+                None if r.value is None else declared.value.decode(r.value),
+                r.headers,
+                r.timestamp,
+                r.topic,
+                r.partition,
+                r.offset,
+            )
+            async for r in self.transport.committed_records(declared.name, declared.partitions)
+        ]
         return sorted(events, key=lambda e: (e.partition, e.offset))
 
     def table(self, name: str) -> dict[Any, Any]:

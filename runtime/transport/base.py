@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -255,6 +255,21 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def committed_records(self, topic: str, partitions: int) -> AsyncIterator[Record]:
+        """Every committed record of partitions 0..partitions-1 of `topic`, up to where they
+        end now; each partition's in offset order (tests, `streams table`, TestRun.read)."""
+        reader = self.consumer(isolation=READ_COMMITTED)
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            await reader.assign(tps)
+            ends = await reader.end_offsets(tps)
+            while any(reader.position(tp) < end for tp, end in ends.items()):
+                for records in (await reader.getmany(timeout=1.0, max_records=10_000)).values():
+                    for record in records:
+                        yield record
+        finally:
+            await reader.close()
 
     async def __aenter__(self) -> Transport:
         return self

@@ -90,15 +90,7 @@ async def _unsettled(transport: Transport, produced: dict[int, int]) -> list[str
 
 
 async def _read_all(transport: Transport, topic: str) -> list[Record]:
-    consumer = transport.consumer(isolation=READ_COMMITTED)
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    await consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
-    records: list[Record] = []
-    while any(consumer.position(tp) < end for tp, end in ends.items()):
-        for batch in (await consumer.getmany(timeout=1.0, max_records=10_000)).values():
-            records.extend(batch)
-    await consumer.close()
+    records = [r async for r in transport.committed_records(topic, PARTITIONS)]
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 

@@ -19,15 +19,9 @@ from runtime.worker import TableState
 
 async def read_changelog(t: Any, table: streams.Table) -> list[tuple[Any, Any]]:
     """Committed (key, value) records of a table's changelog; value None for a tombstone."""
-    consumer = t.transport.consumer(isolation=READ_COMMITTED)
-    tps = [TopicPartition(table.changelog_topic, p) for p in range(table.partitions)]
-    await consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
-    records = []
-    while any(consumer.position(tp) < end for tp, end in ends.items()):
-        for batch in (await consumer.getmany(timeout=1.0)).values():
-            records.extend(batch)
-    await consumer.close()
+    records = [
+        r async for r in t.transport.committed_records(table.changelog_topic, table.partitions)
+    ]
     records.sort(key=lambda r: (r.partition, r.offset))
     return [
         (orjson.loads(r.key), None if r.value is None else orjson.loads(r.value)) for r in records

@@ -23,8 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import streams
-from runtime.transport import READ_COMMITTED, connect
-from runtime.types import TopicPartition
+from runtime.transport import connect
 from runtime.worker import STEPS
 from runtime.worker.windowing import Window
 from tests.streams.window_reference import Model
@@ -1177,16 +1176,8 @@ async def test_crash_around_an_idle_close_emits_once(tmp_path: Path, step: str) 
 
 async def read_changelog(run: Any, table: streams.Table) -> list[tuple[bytes, bytes | None]]:
     """Committed (key, value) records of a table's changelog (value None: a tombstone)."""
-    consumer = run.transport.consumer(isolation=READ_COMMITTED)
-    tps = [TopicPartition(table.changelog_topic, p) for p in range(table.partitions)]
-    await consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
-    records = []
-    while any(consumer.position(tp) < end for tp, end in ends.items()):
-        for batch in (await consumer.getmany(timeout=1.0)).values():
-            records.extend(batch)
-    await consumer.close()
-    return [(r.key, r.value) for r in records]
+    records = run.transport.committed_records(table.changelog_topic, table.partitions)
+    return [(r.key, r.value) async for r in records]
 
 
 @pytest.mark.parametrize("kind", ["tumbling", "hopping", "sliding", "session"])
