@@ -49,6 +49,27 @@ def worker_command(
     ]
 
 
+def fault_seed(seed: int | None) -> int:
+    """The seed a fault test runs with: `seed`, else STREAMS_FAULT_SEED, else a random one
+    (printed, so that a failing run can be replayed)."""
+    if seed is None:
+        seed = int(os.environ.get("STREAMS_FAULT_SEED", random.randrange(2**32)))
+    print(f"fault seed: {seed} (replay with STREAMS_FAULT_SEED={seed})")
+    return seed
+
+
+def worker_env(broker_url: str, tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a test's `streams worker`: this one, plus the broker, a state
+    directory under `tmp_path`, this repository importable, and STREAMS_<NAME> `settings`."""
+    return {
+        **os.environ,
+        "STREAMS_BROKER": broker_url,
+        "STREAMS_STATE_DIR": str(tmp_path / "state"),
+        "PYTHONPATH": str(ROOT),
+        **{f"STREAMS_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
 def kill_workers(
     supervisor: subprocess.Popen[Any],
     rng: random.Random,

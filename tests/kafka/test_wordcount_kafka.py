@@ -11,7 +11,6 @@ the same transport calls, to show the test (and the worker) are right where the 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 import threading
@@ -23,12 +22,12 @@ import pytest
 from runtime.transport import READ_COMMITTED, Transport, connect
 from runtime.types import Record, TopicPartition
 from tests.fault_helpers import (
-    ROOT,
     assert_exactly_once,
     kill_workers,
     stop_supervisor,
     table_from_changelog,
     worker_command,
+    worker_env,
 )
 from tests.kafka_broker import SESSION_TIMEOUT_MS
 
@@ -99,13 +98,7 @@ def test_wordcount_is_exactly_once_under_kill_9(broker_url: str, tmp_path: Path)
     rng = random.Random(SEED)
     words = [rng.choice([f"w{i}" for i in range(300)]) for _ in range(EVENTS)]
     asyncio.run(_create_words_topic(broker_url))
-    env = {
-        **os.environ,
-        "STREAMS_BROKER": broker_url,
-        "STREAMS_STATE_DIR": str(tmp_path / "state"),
-        "STREAMS_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(broker_url, tmp_path, session_timeout_ms=str(SESSION_TIMEOUT_MS))
     supervisor = subprocess.Popen(worker_command(WORKERS), cwd=tmp_path, env=env)
     produced: dict[int, int] = {}
     loaded = threading.Event()

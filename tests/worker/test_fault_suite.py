@@ -14,7 +14,6 @@ STREAMS_FAULT_SEED=<n> replays it.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import random
@@ -30,14 +29,13 @@ from runtime.broker import READ_COMMITTED, Broker
 from runtime.broker.producer import BatchProducer
 from runtime.types import TopicPartition
 from tests.fault_helpers import (
-    ROOT,
     assert_exactly_once,
     children,
-    describe,
+    fault_seed,
     stop_supervisor,
     table_from_changelog,
-    updates_per_word,
     worker_command,
+    worker_env,
 )
 
 EVENTS = 100_000
@@ -126,18 +124,11 @@ def churn(
 def run_suite(
     tmp_path: Path, guarantee: str, seed: int, with_churn: bool = False
 ) -> tuple[list[str], list, dict]:  # type: ignore[type-arg]
-    print(f"fault suite seed: {seed} (replay with STREAMS_FAULT_SEED={seed})")
     rng = random.Random(seed)
     db = str(tmp_path / "broker.db")
     broker = Broker(db)
     broker.create_topic("words", PARTITIONS)
-    env = {
-        **os.environ,
-        "STREAMS_BROKER": f"sqlite:///{db}",
-        "STREAMS_STATE_DIR": str(tmp_path / "state"),
-        "STREAMS_PROCESSING_GUARANTEE": guarantee,
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(f"sqlite:///{db}", tmp_path, processing_guarantee=guarantee)
     supervisor = subprocess.Popen(worker_command(WORKERS), cwd=tmp_path, env=env)
     kills = 0
     churning = threading.Event()
@@ -190,8 +181,7 @@ def run_suite(
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [FIXED_SEED, None], ids=["fixed-seed", "random-seed"])
 def test_exactly_once_under_repeated_kill_9(tmp_path: Path, seed: int | None) -> None:
-    if seed is None:
-        seed = int(os.environ.get("STREAMS_FAULT_SEED", random.randrange(2**32)))
+    seed = fault_seed(seed)
     words, outputs, table = run_suite(tmp_path, "exactly_once", seed)
     assert_exactly_once(words, outputs, table, seed, EVENTS)
 
@@ -210,15 +200,6 @@ def test_exactly_once_under_kills_while_workers_join_and_leave(
 ) -> None:
     """The same, while an extra worker command keeps joining and leaving (gracefully or by
     kill -9): real rebalances, cooperative hand-overs and session expiries under the kills."""
-    if seed is None:
-        seed = int(os.environ.get("STREAMS_FAULT_SEED", random.randrange(2**32)))
+    seed = fault_seed(seed)
     words, outputs, table = run_suite(tmp_path, "exactly_once", seed, with_churn=True)
-    truth = collections.Counter(words)
-    per_word = updates_per_word(outputs)
-    wrong = {
-        w: describe(per_word.get(w, []), n)
-        for w, n in truth.items()
-        if per_word.get(w) != list(range(1, n + 1))
-    }
-    assert not wrong, f"seed {seed}: {len(wrong)} words wrong, e.g. {list(wrong.items())[:3]}"
-    assert table == truth, f"seed {seed}"
+    assert_exactly_once(words, outputs, table, seed, len(words))

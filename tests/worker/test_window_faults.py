@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import random
 import subprocess
 import threading
@@ -22,7 +21,13 @@ import pytest
 
 from runtime.broker import Broker
 from runtime.broker.producer import BatchProducer
-from tests.fault_helpers import ROOT, kill_workers, stop_supervisor, worker_command
+from tests.fault_helpers import (
+    fault_seed,
+    kill_workers,
+    stop_supervisor,
+    worker_command,
+    worker_env,
+)
 from tests.worker.test_fault_suite import read_all
 
 VIEWS = 40_000
@@ -74,20 +79,11 @@ def close_every_minute(db: str, views: list[tuple]) -> None:  # type: ignore[typ
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [20261121, None], ids=["fixed-seed", "random-seed"])
 def test_final_results_exactly_once_under_repeated_kill_9(tmp_path: Path, seed: int | None) -> None:
-    if seed is None:
-        seed = int(os.environ.get("STREAMS_FAULT_SEED", random.randrange(2**32)))
-    print(f"window fault seed: {seed} (replay with STREAMS_FAULT_SEED={seed})")
-    rng = random.Random(seed)
+    rng = random.Random(fault_seed(seed))
     db = str(tmp_path / "broker.db")
     broker = Broker(db)
     broker.create_topic("views", PARTITIONS)
-    env = {
-        **os.environ,
-        "STREAMS_BROKER": f"sqlite:///{db}",
-        "STREAMS_STATE_DIR": str(tmp_path / "state"),
-        "STREAMS_DEFAULT_PARTITIONS": str(PARTITIONS),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(f"sqlite:///{db}", tmp_path, default_partitions=str(PARTITIONS))
     command = worker_command(2, app="examples.pageviews:app")
     supervisor = subprocess.Popen(command, cwd=tmp_path, env=env)
     expected = collections.Counter()
