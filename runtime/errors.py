@@ -13,6 +13,11 @@ one exists, is on the class, so both back ends map to the same types:
 
 from __future__ import annotations
 
+# Exit codes of a worker process (sysexits.h), read by the supervisor:
+EXIT_DATAERR = 65  # a record could not be processed (on_error="fail"): restart, give up if stuck
+EXIT_TEMPFAIL = 75  # a resource is short (ResourceError): restart with backoff
+EXIT_CONFIG = 78  # configuration, topology, a foreign or corrupt file: do not restart
+
 
 class StreamsError(Exception):
     """Base of every error raised by streams."""
@@ -48,7 +53,18 @@ class SchemaVersionError(DatabaseError):
     """The database was written by a different version of the streams broker."""
 
 
-class DatabaseLockedError(DatabaseError):
+class ResourceError(StreamsError):
+    """A resource is short for now (the disk is full, an I/O error, a file stays locked):
+    the same work may succeed later, so a worker exits with EXIT_TEMPFAIL and is restarted."""
+
+    retriable = True
+
+
+class DiskFullError(ResourceError):
+    """The disk (or the file system) holding a database is full."""
+
+
+class DatabaseLockedError(DatabaseError, ResourceError):
     """The database stayed locked by another connection for longer than the busy timeout."""
 
     retriable = True
@@ -191,3 +207,12 @@ class AgentStoppedError(AppError):
 
 class RecordDecodeError(AppError):
     """A record's key or value could not be decoded (policy on_decode_error='stop')."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code a worker process reports for the error that stopped it."""
+    if isinstance(exc, ResourceError):
+        return EXIT_TEMPFAIL
+    if isinstance(exc, (ConfigurationError, DatabaseError)):
+        return EXIT_CONFIG
+    return 1
