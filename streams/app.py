@@ -246,15 +246,23 @@ class App:
             source = agent.topic
             if stream.group is not None:
                 group = stream.group
-                # A map before group_by may change the value's type: then values travel
-                # as JSON; otherwise with the source topic's own codec.
-                mapped = any(kind == "map" for kind, _ in group.ops_before)
-                target = self.topic(
-                    f"{self.id}-{group.name}-repartition",
-                    partitions=agent.topic.partitions,
-                    value_type="json" if mapped else agent.topic.value,
-                    internal=True,
-                )
+                if group.through is not None:  # through(topic): the user's topic
+                    target = group.through
+                    if target is agent.topic:
+                        raise ConfigurationError(
+                            f"agent {agent.name!r}: through({target.name!r}) on a stream of "
+                            "that same topic would read its own output forever"
+                        )
+                else:
+                    # A map before group_by may change the value's type: then values travel
+                    # as JSON; otherwise with the source topic's own codec.
+                    mapped = any(kind in ("map", "flat_map") for kind, _ in group.ops_before)
+                    target = self.topic(
+                        f"{self.id}-{group.name}-repartition",
+                        partitions=agent.topic.partitions,
+                        value_type="json" if mapped else agent.topic.value,
+                        internal=True,
+                    )
                 repartitions.append(
                     RepartitionSpec(agent.topic.name, target.name, group.ops_before, group.key_fn)
                 )

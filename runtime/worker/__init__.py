@@ -2,7 +2,7 @@
 
 from runtime.worker.agents import AgentRunner, Inbox, current_agent
 from runtime.worker.commit import STEPS, CommitCycle
-from runtime.worker.ops import Skip, apply_ops
+from runtime.worker.ops import Skip, apply_ops, expand, expands
 from runtime.worker.spec import (
     AgentSpec,
     AppSpec,
@@ -34,4 +34,6 @@ __all__ = [
     "WorkerSettings",
     "apply_ops",
     "current_agent",
+    "expand",
+    "expands",
 ]

@@ -1,7 +1,18 @@
-"""Stream operations (filter, map) applied to values, shared by the worker and `streams`."""
+"""Stream operations applied to values, shared by the worker and `streams`.
+
+    ("filter", pred)     the value continues only if pred(value) is true
+    ("map", fn)          fn(value) continues instead
+    ("flat_map", fn)     every element of the iterable fn(value) continues, in order
+    ("peek", fn)         fn(value) is called for its side effects; the value continues
+
+`apply_ops` runs a chain without `flat_map` (one value in, at most one out: the hot path);
+`expand` runs any chain, depth first as Kafka Streams does: the first element of a flat_map
+goes through the rest of the chain before the second is taken.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from runtime.worker.spec import Op
@@ -12,10 +23,48 @@ class Skip(Exception):
 
 
 def apply_ops(ops: list[Op], value: Any) -> Any:
-    """Run `value` through `ops`; raises Skip when a filter drops it."""
+    """Run `value` through `ops` (no flat_map among them); raises Skip when a filter drops
+    it."""
     for kind, fn in ops:
         if kind == "map":
             value = fn(value)
+        elif kind == "peek":
+            fn(value)
         elif not fn(value):
             raise Skip
     return value
+
+
+def expands(ops: list[Op]) -> bool:
+    """Whether `ops` may turn one value into several (it holds a flat_map)."""
+    return any(kind == "flat_map" for kind, _ in ops)
+
+
+def expand(ops: list[Op], value: Any, start: int = 0) -> Iterator[Any]:
+    """Every value `value` becomes through `ops[start:]`, lazily, depth first: none when a
+    filter drops it, several after a flat_map."""
+    for i in range(start, len(ops)):
+        kind, fn = ops[i]
+        if kind == "map":
+            value = fn(value)
+        elif kind == "peek":
+            fn(value)
+        elif kind == "flat_map":
+            for element in fn(value):
+                yield from expand(ops, element, i + 1)
+            return
+        elif not fn(value):
+            return
+    yield value
+
+
+def results(ops: list[Op], value: Any) -> list[Any]:
+    """Every value `value` becomes through `ops`, as a list (the repartition step)."""
+    if not ops:
+        return [value]
+    if expands(ops):
+        return list(expand(ops, value))
+    try:
+        return [apply_ops(ops, value)]
+    except Skip:
+        return []

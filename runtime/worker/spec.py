@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-Op = tuple[str, Callable[[Any], Any]]  # ("filter" | "map", function)
+Op = tuple[str, Callable[[Any], Any]]  # ("filter" | "map" | "flat_map" | "peek", function)
 
 
 class CodecLike(Protocol):
@@ -34,12 +34,13 @@ class TopicSpec:
 
 @dataclasses.dataclass
 class RepartitionSpec:
-    """Re-key the events of `source` with `key_fn` and write them to `target`."""
+    """Re-key the events of `source` with `key_fn` and write them to `target` (group_by);
+    without `key_fn`, forward them with their own keys (through)."""
 
     source: str
     target: str
     ops: list[Op]  # applied before keying
-    key_fn: Callable[[Any], Any]
+    key_fn: Callable[[Any], Any] | None
 
 
 @dataclasses.dataclass

@@ -34,7 +34,7 @@ from runtime.transport import READ_COMMITTED, Transport
 from runtime.types import Event, Record, TopicPartition
 from runtime.worker.agents import AgentRunner
 from runtime.worker.commit import CommitCycle
-from runtime.worker.ops import Skip, apply_ops
+from runtime.worker.ops import results
 from runtime.worker.slots import Slot
 from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
 from runtime.worker.store import MEMORY, StateStore
@@ -325,25 +325,28 @@ class Worker:
         target = self.spec.topics[step.target]
         encode_key, encode_value = target.key.encode, target.value.encode
         produce = self.producer.produce
+        key_fn = step.key_fn
         for event in events:
             try:
-                value = apply_ops(step.ops, event.value) if step.ops else event.value
-            except Skip:
-                continue
+                values = results(step.ops, event.value)  # several after a flat_map
             except Exception as exc:
                 raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
-            try:
-                key_bytes = encode_key(step.key_fn(value))
-                value_bytes = encode_value(value)
-            except Exception as exc:
-                raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
-            produce(
-                step.target,
-                value_bytes,
-                key_bytes,
-                headers=event.headers,
-                timestamp=event.timestamp,
-            )
+            for value in values:
+                try:
+                    if key_fn is None:  # through(): the event's own key
+                        key_bytes = None if event.key is None else encode_key(event.key)
+                    else:
+                        key_bytes = encode_key(key_fn(value))
+                    value_bytes = encode_value(value)
+                except Exception as exc:
+                    raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
+                produce(
+                    step.target,
+                    value_bytes,
+                    key_bytes,
+                    headers=event.headers,
+                    timestamp=event.timestamp,
+                )
 
     def _emit(self, runner: AgentRunner, output: Any) -> None:
         """Send an agent's output to its sinks, keyed by the event being processed."""
