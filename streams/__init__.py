@@ -23,6 +23,7 @@ from runtime.errors import (
     TableWriteOutsideAgentError,
 )
 from runtime.types import Event, RecordMetadata, TopicPartition
+from runtime.worker.windowing import Window, WindowResult
 from streams.app import App
 from streams.codecs import Codec, DecodeError, get_codec, register_codec
 from streams.settings import SETTINGS, Settings
@@ -51,6 +52,8 @@ __all__ = [
     "TableWriteOutsideAgentError",
     "Topic",
     "TopicPartition",
+    "Window",
+    "WindowResult",
     "get_codec",
     "register_codec",
 ]

@@ -8,9 +8,10 @@ update applies (by name, as sliding windows store them).
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from runtime.errors import ConfigurationError
@@ -35,13 +36,52 @@ OPS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc(seconds: float) -> datetime:
+    """A window bound (seconds since the epoch, whole milliseconds) as an aware UTC datetime,
+    exact to the millisecond."""
+    return EPOCH + timedelta(milliseconds=round(seconds * 1000))
+
+
 class Window(NamedTuple):
     """A live window of one key: bounds in seconds since the epoch (end exclusive for
-    tumbling and hopping windows, inclusive for sliding windows and sessions)."""
+    tumbling and hopping windows, inclusive for sliding windows and sessions), and as UTC
+    datetimes (`start_time`, `end_time`)."""
 
     start: float
     end: float
     value: Any
+
+    @property
+    def start_time(self) -> datetime:
+        return utc(self.start)
+
+    @property
+    def end_time(self) -> datetime:
+        return utc(self.end)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowResult:
+    """A final result of a window, as `emit_final` sends it: `{"key", "start", "end",
+    "value"}`, bounds in seconds. Declare the results topic with
+    `value_type=streams.WindowResult` to read them as these, with `start_time` and `end_time`
+    as UTC datetimes; the records are the same JSON objects either way."""
+
+    key: Any
+    start: float
+    end: float
+    value: Any
+
+    @property
+    def start_time(self) -> datetime:
+        return utc(self.start)
+
+    @property
+    def end_time(self) -> datetime:
+        return utc(self.end)
 
 
 def to_ms(value: Any, what: str = "a time") -> int:

@@ -63,6 +63,7 @@ from runtime.worker.tables import MISSING, PARTITION_CACHE_SIZE, TableState
 from runtime.worker.windowing import (
     OPS,
     Window,
+    WindowResult,
     sliding_fold,
     to_ms,
 )
@@ -556,9 +557,13 @@ class WindowedState(TableState):
         if topic is None or self.produce is None:
             return
         result = {"key": key, "start": start / 1000, "end": end / 1000, "value": value}
+        try:
+            data = topic.value.encode(result)
+        except TypeError:  # a typed results topic (value_type=streams.WindowResult): same JSON
+            data = topic.value.encode(WindowResult(**result))
         self.produce(
             topic.name,
-            topic.value.encode(result),
+            data,
             None if key is None else topic.key.encode(key),
             timestamp=end,
         )

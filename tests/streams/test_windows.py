@@ -14,6 +14,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1420,3 +1421,74 @@ async def test_windows_on_a_plain_table_and_writes_outside_agents_are_refused() 
         with pytest.raises(streams.TableWriteOutsideAgentError):
             t["a"] = 5
         assert t.windows("a") == []
+
+
+# --- bounds as datetimes ------------------------------------------------------------------------
+
+NOON = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> int:
+    """The record timestamp (ms) `seconds` after NOON."""
+    return round((NOON.timestamp() + seconds) * 1000)
+
+
+async def test_window_bounds_are_utc_datetimes_too() -> None:
+    """table.windows(key) rows give start_time/end_time, aware UTC datetimes exact to the
+    millisecond, beside start/end in seconds (unchanged)."""
+    app = streams.App("win-dt", default_partitions=1)
+    events = app.topic("events")
+    per_minute = app.table("per-minute", default=int).tumbling(60, expires=600)
+    sessions = app.table("sessions", default=int).session(5)
+    rows: list[tuple[Window, Window]] = []
+
+    @app.stream(events)
+    async def agent(stream: streams.Stream) -> None:
+        async for key, _ in stream.items():
+            per_minute[key] += 1
+            sessions[key] += 1
+            rows.append((per_minute.windows(key)[-1], sessions.windows(key)[-1]))
+
+    async with app.testing() as t:
+        await t.send(events, {}, key="a", timestamp=at(30))
+        await t.send(events, {}, key="a", timestamp=at(32.125))
+        await t.drain()
+    minute, session = rows[-1]
+    assert (minute.start, minute.end) == (NOON.timestamp(), NOON.timestamp() + 60)
+    assert (minute.start_time, minute.end_time) == (NOON, NOON + timedelta(seconds=60))
+    assert session.start_time == NOON + timedelta(seconds=30)
+    assert session.end_time == NOON + timedelta(seconds=32, milliseconds=125)
+    assert session.end_time.tzinfo is UTC and session.value == 2
+
+
+async def test_final_results_read_as_window_results_with_datetimes() -> None:
+    """A results topic declared with value_type=streams.WindowResult reads the final results as
+    WindowResult(key, start, end, value) with start_time/end_time; the records are the same
+    JSON objects as on an untyped topic."""
+    app = streams.App("win-dt", default_partitions=1)
+    events = app.topic("events")
+    typed = app.topic("typed-finals", value_type=streams.WindowResult)
+    plain = app.topic("plain-finals")
+    by_typed = app.table("a", default=int).tumbling(60).emit_final(to=typed)
+    by_plain = app.table("b", default=int).tumbling(60).emit_final(to=plain)
+
+    @app.stream(events)
+    async def agent(stream: streams.Stream) -> None:
+        async for key, _ in stream.items():
+            by_typed[key] += 1
+            by_plain[key] += 1
+
+    async with app.testing() as t:
+        for seconds in (1, 59.5, 61):
+            await t.send(events, {}, key="k", timestamp=at(seconds))
+        await t.drain()
+        results = [e.value for e in await t.read(typed)]
+        assert results == [streams.WindowResult("k", NOON.timestamp(), NOON.timestamp() + 60, 2)]
+        assert results[0].start_time == NOON
+        assert results[0].end_time == NOON + timedelta(minutes=1)
+        assert [e.value for e in await t.read(plain)] == [
+            {"key": "k", "start": NOON.timestamp(), "end": NOON.timestamp() + 60, "value": 2}
+        ]
+        assert t.transport is not None
+        raw = [r.value async for r in t.transport.committed_records("typed-finals", 1)]
+        assert raw == [r.value async for r in t.transport.committed_records("plain-finals", 1)]
