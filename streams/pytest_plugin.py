@@ -90,6 +90,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     runs = funcargs.get(FIXTURE)
     if not isinstance(runs, TestRuns):  # a fixture of the same name that is not ours
         return None
+    if "anyio_backend" in funcargs:  # anyio's plugin runs it, on the backend it was given
+        return None
     arguments = {
         name: funcargs[name] for name in inspect.signature(function).parameters if name in funcargs
     }

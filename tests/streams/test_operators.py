@@ -470,6 +470,55 @@ async def test_flat_map_before_group_by_rekeys_each_element() -> None:
         assert app.topics["ops-by-word-repartition"].value.name == "json"
 
 
+async def test_flat_map_then_take_gives_every_value_once() -> None:
+    """take(n) after a flat_map: lists of at most n, every value once, in order, also when an
+    event's values straddle two lists."""
+    app = streams.App("ops")
+    numbers = app.topic("numbers", partitions=1)
+    out = app.topic("out", partitions=1)
+
+    @app.stream(numbers, sink=[out])
+    async def batches(stream: streams.Stream) -> Any:
+        async for batch in stream.flat_map(lambda n: [n] * (n % 4)).take(3, within=60.0):
+            yield batch
+
+    async with app.testing(max_poll_records=5) as t:
+        await t.send_many("numbers", range(30))
+        await t.drain()
+        lists = values(await t.read("out"))
+    assert all(1 <= len(batch) <= 3 for batch in lists)
+    assert [v for batch in lists for v in batch] == [n for n in range(30) for _ in range(n % 4)]
+
+
+@pytest.mark.parametrize("where", ["in the agent", "before group_by"])
+async def test_a_failing_flat_map_names_its_event(where: str) -> None:
+    """A flat_map whose function (or the iterable it returns) raises stops the worker with an
+    AgentError naming the event, in the agent or in the repartition step; nothing commits."""
+    app = streams.App("ops")
+    numbers = app.topic("numbers", partitions=1)
+    out = app.topic("out", partitions=1)
+
+    def digits(n: int) -> Any:
+        yield n
+        if n == 3:
+            raise ValueError("no three")
+
+    @app.stream(numbers, sink=[out])
+    async def agent(stream: streams.Stream) -> Any:
+        chain = stream.flat_map(digits)
+        if where == "before group_by":
+            chain = chain.group_by(lambda n: n % 2, name="by-parity")
+        async for n in chain:
+            yield n
+
+    async with app.testing() as t:
+        await t.send_many("numbers", range(5))
+        with pytest.raises(streams.AgentError, match=r"no three.*numbers\[0\]@3"):
+            await t.drain()
+        assert await t.read("out") == []
+        await t.stop(clean=False)
+
+
 async def test_flat_map_is_exactly_once_through_an_abort_and_a_crash(tmp_path: Path) -> None:
     """The values of an event are committed with its offset: after an aborted commit and a
     crash, every value is in the output once; under at-least-once the same faults repeat
