@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime.errors import ConfigurationError
 from runtime.types import Event
 from runtime.worker import Inbox, Skip, apply_ops, expand, expands
-
-if TYPE_CHECKING:
-    from streams.topic import Topic
+from streams.topic import Topic
 
 
 class GroupBy:
@@ -125,7 +123,7 @@ class Stream:
         app = self.topic.app
         if isinstance(topic, str):
             return app.topic(topic)
-        if app.topics.get(getattr(topic, "name", None)) is not topic:  # type: ignore[arg-type]
+        if not isinstance(topic, Topic) or app.topics.get(topic.name) is not topic:
             raise ConfigurationError(f"{doing}: {topic!r} is not a topic of app {app.id!r}")
         return topic
 
@@ -221,7 +219,7 @@ class Stream:
 
     async def branch(
         self,
-        branches: Mapping[Topic | str, Callable[[Any], Any]],
+        branches: Mapping[Any, Callable[[Any], Any]],  # {Topic or topic name: predicate}
         *,
         default: Topic | str | None = None,
     ) -> None:

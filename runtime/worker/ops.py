@@ -7,12 +7,13 @@
 
 `apply_ops` runs a chain without `flat_map` (one value in, at most one out: the hot path);
 `expand` runs any chain, depth first as Kafka Streams does: the first element of a flat_map
-goes through the rest of the chain before the second is taken.
+goes through the rest of the chain before the second is taken; `chain` makes one function of
+either, for the repartition step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from runtime.worker.spec import Op
@@ -58,13 +59,22 @@ def expand(ops: list[Op], value: Any, start: int = 0) -> Iterator[Any]:
     yield value
 
 
-def results(ops: list[Op], value: Any) -> list[Any]:
-    """Every value `value` becomes through `ops`, as a list (the repartition step)."""
+def chain(ops: list[Op]) -> Callable[[Any], Sequence[Any]]:
+    """`ops` as one function of a value giving every value it becomes (the repartition step:
+    none when a filter drops it, several after a flat_map). Build it once per batch."""
     if not ops:
-        return [value]
+        return _alone
     if expands(ops):
-        return list(expand(ops, value))
-    try:
-        return [apply_ops(ops, value)]
-    except Skip:
-        return []
+        return lambda value: list(expand(ops, value))
+
+    def one(value: Any) -> Sequence[Any]:
+        try:
+            return (apply_ops(ops, value),)
+        except Skip:
+            return ()
+
+    return one
+
+
+def _alone(value: Any) -> Sequence[Any]:
+    return (value,)

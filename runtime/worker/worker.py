@@ -34,7 +34,7 @@ from runtime.transport import READ_COMMITTED, Transport
 from runtime.types import Event, Record, TopicPartition
 from runtime.worker.agents import AgentRunner
 from runtime.worker.commit import CommitCycle
-from runtime.worker.ops import results
+from runtime.worker.ops import chain
 from runtime.worker.slots import Slot
 from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
 from runtime.worker.store import MEMORY, StateStore
@@ -326,9 +326,10 @@ class Worker:
         encode_key, encode_value = target.key.encode, target.value.encode
         produce = self.producer.produce
         key_fn = step.key_fn
+        values_of = chain(step.ops)
         for event in events:
             try:
-                values = results(step.ops, event.value)  # several after a flat_map
+                values = values_of(event.value)  # none when filtered, several after a flat_map
             except Exception as exc:
                 raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
             for value in values:
