@@ -30,7 +30,7 @@ from runtime.types import TopicPartition
 from runtime.worker.supervisor import Supervisor
 from runtime.worker.tables import TableState
 from runtime.worker.windows import WindowedState
-from streams.app import App
+from streams.app import App, importing_for_cli
 
 DEFAULT_BROKER = "sqlite:///streams.db"
 EXIT_CONFIG = 78  # EX_CONFIG: the supervisor does not restart a worker that exits with it
@@ -193,15 +193,20 @@ async def _groups(broker: Transport, args: argparse.Namespace) -> None:
 
 
 def load_app(target: str) -> App:
-    """The streams.App named by "module:attribute" (attribute defaults to "app")."""
+    """The streams.App named by "module:attribute" (attribute defaults to "app"). An
+    `app.main()` the module runs at import (no `if __name__ == "__main__":` guard) returns at
+    once instead of reading this command's arguments."""
     module_name, _, attribute = target.partition(":")
     attribute = attribute or "app"
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        with importing_for_cli():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    except StreamsError as exc:  # e.g. a bad setting in App(...): its message says it all
+        raise ConfigurationError(f"importing {module_name!r}: {exc}") from exc
     except Exception as exc:
         raise ConfigurationError(f"importing {module_name!r} failed: {exc!r}") from exc
     app = getattr(module, attribute, None)
