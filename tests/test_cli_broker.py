@@ -175,3 +175,16 @@ def test_worker(home: Path, args: list[str], env: dict[str, str], expected: str)
     assert worker.returncode == 0, err
     assert f"on broker {url}" in err
     assert {p.name for p in home.glob("*.db")} == {url.removeprefix("sqlite:///")}
+
+
+def test_the_logged_url_hides_passwords() -> None:
+    from streams.settings import redacted
+
+    assert (
+        redacted("kafka://ann:hunter2@h1:9092,h2:9092?sasl.password=x&sasl.username=ann&timeout=5")
+        == "kafka://ann:***@h1:9092,h2:9092?sasl.password=***&sasl.username=ann&timeout=5"
+    )
+    assert (
+        redacted("sqlite:///streams.db?synchronous=full") == "sqlite:///streams.db?synchronous=full"
+    )
+    assert redacted("memory://") == "memory://"
