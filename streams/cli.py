@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import orjson
 
-from runtime.errors import ConfigurationError, DatabaseError, StreamsError
+from runtime.errors import ConfigurationError, DatabaseError, StreamsError, UnknownTopicError
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
 from runtime.worker.supervisor import Supervisor
@@ -497,7 +497,14 @@ async def _table(args: argparse.Namespace) -> None:
         )
     settings = app.settings.override(broker=broker_url(args, app))
     async with settings.connect() as broker:
-        await broker.describe_topic(table.changelog_topic)  # UnknownTopicError if never run
+        try:
+            await broker.describe_topic(table.changelog_topic)
+        except UnknownTopicError:
+            raise UnknownTopicError(
+                f"table {args.table!r} has no changelog ({table.changelog_topic!r}) on "
+                f"{redacted(settings.broker)}: no worker of app {app.id!r} ran on this broker "
+                "(give --broker or $STREAMS_BROKER if it ran elsewhere)"
+            ) from None
         rows: dict[int, dict[bytes, bytes]] = {p: {} for p in range(table.partitions)}
         async for record in broker.committed_records(table.changelog_topic, table.partitions):
             if record.key is None:

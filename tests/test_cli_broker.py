@@ -188,3 +188,13 @@ def test_the_logged_url_hides_passwords() -> None:
         redacted("sqlite:///streams.db?synchronous=full") == "sqlite:///streams.db?synchronous=full"
     )
     assert redacted("memory://") == "memory://"
+
+
+def test_a_table_never_run_on_the_broker_names_it(home: Path) -> None:
+    result = streams(home, {}, "table", "named:named", "counts")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "streams: error: table 'counts' has no changelog ('named-counts-changelog') on "
+        "sqlite:///app.db: no worker of app 'named' ran on this broker (give --broker or "
+        "$STREAMS_BROKER if it ran elsewhere)\n"
+    )
