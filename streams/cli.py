@@ -119,11 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         "reset-offsets", help="move a stopped group's committed offsets"
     )
     reset.add_argument("group")
-    reset.add_argument(
+    which = reset.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--topic",
         action="append",
-        required=True,
         help="TOPIC or TOPIC:PARTITION[,PARTITION...] (repeatable)",
+    )
+    which.add_argument(
+        "--all-topics", action="store_true", help="every topic the group has offsets for"
     )
     to = reset.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-earliest", action="store_true", help="the log start")
@@ -398,7 +401,7 @@ async def _reset_offsets(broker: Transport, args: argparse.Namespace) -> None:
         reset = Reset("datetime", parse_datetime(args.to_datetime))
     else:
         reset = Reset("shift", args.shift_by)
-    changes = await plan_reset(broker, args.group, args.topic, reset)
+    changes = await plan_reset(broker, args.group, args.topic or [], reset)
     if not args.dry_run:
         await apply_reset(broker, args.group, changes)
     _print_changes(changes)

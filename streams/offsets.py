@@ -77,12 +77,17 @@ async def partitions_of(transport: Transport, specs: Sequence[str]) -> list[Topi
 async def plan_reset(
     transport: Transport, group_id: str, topics: Sequence[str], reset: Reset
 ) -> list[OffsetChange]:
-    """The new committed offset of each partition of `topics`; GroupNotEmptyError while
-    the group has live members (even for a dry run: the plan would be stale at once)."""
+    """The new committed offset of each partition of `topics` (none: every topic the group
+    has committed offsets for); GroupNotEmptyError while the group has live members (even
+    for a dry run: the plan would be stale at once)."""
     if reset.mode not in MODES:
         raise ConfigurationError(f"unknown reset mode {reset.mode!r}: use one of {MODES}")
-    tps = await partitions_of(transport, topics)
     group = await transport.describe_group(group_id)
+    if not topics:  # --all-topics: those the group committed offsets for
+        topics = sorted({tp.topic for tp in group.offsets})
+        if not topics:
+            raise ConfigurationError(f"group {group_id!r} has no committed offsets: name --topic")
+    tps = await partitions_of(transport, topics)
     if group.members:
         raise GroupNotEmptyError(
             f"cannot reset the offsets of group {group_id!r}: it has {len(group.members)} live "

@@ -150,3 +150,19 @@ def test_delete_a_stopped_group(broker: Broker, capsys: pytest.CaptureFixture[st
     assert committed(broker) == {}
     code, _, err = streams(broker, capsys, "groups", "delete", "g")
     assert code == 1 and err == "streams: error: unknown group 'g'\n"
+
+
+def test_all_topics_are_those_the_group_committed(
+    broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker.create_topic("other", 1)
+    code, out, err = streams(
+        broker, capsys, "groups", "reset-offsets", "g", "--all-topics", "--to-latest"
+    )
+    assert code == 0, err
+    assert committed(broker) == {W0: 10, W1: 5}
+    assert "other" not in out
+    code, _, err = streams(
+        broker, capsys, "groups", "reset-offsets", "new", "--all-topics", "--to-latest"
+    )
+    assert code == 1 and "group 'new' has no committed offsets" in err
