@@ -31,7 +31,13 @@ from typing import IO, Any
 
 import orjson
 
-from runtime.errors import ConfigurationError, DatabaseError, StreamsError, UnknownTopicError
+from runtime.errors import (
+    ConfigurationError,
+    DatabaseError,
+    InvalidRequestError,
+    StreamsError,
+    UnknownTopicError,
+)
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
 from runtime.worker.supervisor import Supervisor
@@ -272,7 +278,7 @@ def _encoder(part: str, fmt: str | None, codec: Codec | None) -> Callable[[bytes
     """How the command line's key or value becomes bytes: a --*-format, else the app's codec
     (with --app), else UTF-8 text."""
     if fmt is None and codec is not None:
-        return lambda data, where: _with_codec(codec, data, f"{where} ({part})")
+        return lambda data, where: _with_codec(codec, data, where)
     fmt = fmt or "text"
 
     def encode(data: bytes, where: str) -> bytes:
@@ -281,14 +287,14 @@ def _encoder(part: str, fmt: str | None, codec: Codec | None) -> Callable[[bytes
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            raise ConfigurationError(
+            raise InvalidRequestError(
                 f"{where} is not UTF-8 text; send it as is with --{part}-format bytes"
             ) from None
         if fmt == "json":
             try:
                 return orjson.dumps(orjson.loads(text))
             except orjson.JSONDecodeError as exc:
-                raise ConfigurationError(f"{where} is not JSON ({exc}): {text[:80]!r}") from None
+                raise InvalidRequestError(f"{where} is not JSON ({exc}): {text[:80]!r}") from None
         return data
 
     return encode
@@ -310,7 +316,7 @@ def _with_codec(codec: Codec, data: bytes, where: str) -> bytes:
             return codec.encode(candidate())
         except (ValueError, TypeError):
             continue
-    raise ConfigurationError(f"{where} cannot be encoded with the {codec.name} codec")
+    raise InvalidRequestError(f"{where} cannot be encoded with the {codec.name} codec")
 
 
 def _timestamp(text: str) -> int:
