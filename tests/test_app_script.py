@@ -112,3 +112,41 @@ def test_streams_worker_imports_a_module_with_an_unguarded_main(tmp_path: Path) 
         _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     assert "error" not in err.lower(), err
+
+
+@pytest.mark.slow
+def test_python_app_worker_takes_broker_and_logs_it(tmp_path: Path) -> None:
+    """`python app.py worker --broker URL` wins over the app's broker= and logs the URL."""
+    (tmp_path / "app.py").write_text(
+        AGENT.format(settings=', broker="sqlite:///app.db"')
+        + '\nif __name__ == "__main__":\n    app.main()\n'
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMS_")}
+    worker = subprocess.Popen(
+        [sys.executable, "app.py", "worker", "--broker", "sqlite:///given.db"],
+        cwd=tmp_path,
+        env={**clean, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "given.db").exists() or "source" not in _topics(
+            tmp_path / "given.db"
+        ):
+            assert worker.poll() is None and time.monotonic() < deadline, "the worker did not run"
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "app script on broker sqlite:///given.db" in err
+    assert not (tmp_path / "app.db").exists()
+
+
+def _topics(path: Path) -> set[str]:
+    broker = Broker(str(path))
+    try:
+        return {t.name for t in broker.list_topics()}
+    finally:
+        broker.close()
