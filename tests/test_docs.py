@@ -84,24 +84,31 @@ def test_every_command_of_the_command_pages_runs_as_written(tmp_path: Path) -> N
     env.pop("PYTHONPATH", None)
     commands = doc_commands()
     assert any(c.startswith("streams worker") for c in commands)
-    for command in commands:
-        process = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        if runs_until_stopped(command):
+    for n, command in enumerate(commands):
+        err_path = tmp_path / f"command-{n}.err"
+        with open(err_path, "w") as err_file:
+            process = subprocess.Popen(
+                ["bash", "-c", f"exec {command}"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err_file,
+                start_new_session=True,
+            )
             try:
-                process.wait(timeout=RUN_FOR_S)
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGTERM)
-            else:
-                raise AssertionError(f"{command!r} stopped by itself: {process.stderr.read()}")
-        _, err = process.communicate(timeout=60)
+                if runs_until_stopped(command):
+                    try:
+                        process.wait(timeout=RUN_FOR_S)
+                    except subprocess.TimeoutExpired:
+                        process.send_signal(signal.SIGTERM)
+                    else:
+                        raise AssertionError(f"{command!r} stopped: {err_path.read_text()}")
+                process.wait(timeout=60)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        err = err_path.read_text()
         assert process.returncode in (0, -signal.SIGTERM), (command, process.returncode, err)
         assert "error" not in err.lower() and "Traceback" not in err, (command, err)
     counts = subprocess.run(
