@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streams", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--broker",
+        metavar="URL",
         default=None,
         help=f"broker URL (default: $STREAMS_BROKER, else the app's, else {DEFAULT_BROKER})",
     )
@@ -154,10 +155,15 @@ def _share_options(parser: argparse.ArgumentParser) -> None:
             for sub in action.choices.values():
                 known = {o for a in sub._actions for o in a.option_strings}
                 if "--broker" not in known:
-                    sub.add_argument("--broker", default=argparse.SUPPRESS, help="broker URL")
+                    sub.add_argument(
+                        "--broker", metavar="URL", default=argparse.SUPPRESS, help="broker URL"
+                    )
                 if "--debug" not in known:
                     sub.add_argument(
-                        "--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks"
+                        "--debug",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="show tracebacks",
                     )
                 _share_options(sub)
 
