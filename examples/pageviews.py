@@ -25,7 +25,7 @@ from typing import Any
 
 import streams
 
-app = streams.App("pageviews", broker="sqlite:///pageviews.db", commit_interval=0.1)
+app = streams.App("pageviews", commit_interval=0.1)  # broker: sqlite:///streams.db
 views = app.topic("views", value_type="json")
 per_minute = app.topic("pageviews-per-minute")
 late_views = app.topic("late-views", value_type="json")

@@ -2,8 +2,7 @@
 
     python examples/wordcount.py                 # load a text, count it, print the top words
     python examples/wordcount.py worker          # run a worker until Ctrl-C (load words with
-                                                 # `streams --broker sqlite:///wordcount.db
-                                                 #  send words --file text.txt`)
+                                                 # `streams send words --file text.txt`)
 
 The `count` agent re-keys each word with group_by, so every occurrence of a word reaches the
 worker that owns its row of the `counts` table; each update goes to `word-counts`, keyed by the
@@ -22,7 +21,7 @@ from typing import Any
 
 import streams
 
-app = streams.App("wordcount", broker="sqlite:///wordcount.db", commit_interval=0.1)
+app = streams.App("wordcount", commit_interval=0.1)  # broker: sqlite:///streams.db
 words = app.topic("words", value_type=str)
 word_counts = app.topic("word-counts")
 counts = app.table("counts", default=int)

@@ -181,6 +181,19 @@ class UnstableOffsetCommitError(GroupError):
     kafka_code = 88
 
 
+class GroupNotEmptyError(GroupError):
+    """The group has live members: its offsets can be moved, or it deleted, only when every
+    member has stopped (Kafka's rule)."""
+
+    kafka_code = 68
+
+
+class GroupIdNotFoundError(GroupError, LookupError):
+    """No group of that name (no members, no committed offsets)."""
+
+    kafka_code = 69
+
+
 # --- apps, agents and tables ----------------------------------------------------------------
 
 

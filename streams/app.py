@@ -25,12 +25,14 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from runtime.errors import AppError, ConfigurationError
+from runtime.errors import AppError, ConfigurationError, StreamsError, exit_code
 from runtime.transport import Producer, Transport
 from runtime.types import Headers, RecordMetadata
 from runtime.worker import AgentSpec, AppSpec, Inbox, RepartitionSpec, TimerSpec, Worker
+from streams import script
 from streams.codecs import Codec, get_codec
-from streams.settings import Settings
+from streams.script import importing_for_cli
+from streams.settings import Settings, redacted
 from streams.stream import Discovered, Stream
 from streams.table import Table
 from streams.topic import Topic
@@ -59,6 +61,7 @@ class App:
         state_dir: str | None = None,
         **settings: Any,
     ) -> None:
+        script.watch(self, sys._getframe(1).f_globals.get("__name__"))
         if not isinstance(id, str) or not APP_ID.match(id):
             raise ConfigurationError(f"invalid app id {id!r}: use 1-100 of [A-Za-z0-9._-]")
         self.id = id
@@ -349,6 +352,7 @@ class App:
     ) -> None:
         """Run one worker until `stop` is set (commit, leave the group, return). The worker
         claims a free slot of the state dir (`slot` first): its stable identity."""
+        script.mark_started()
         settings = settings or self.settings
         stop = stop or asyncio.Event()
         spec = await self.build()
@@ -376,11 +380,18 @@ class App:
         return TestRun(self, **overrides)
 
     def main(self, argv: Sequence[str] | None = None) -> None:
-        """`python app.py worker [--loglevel info]`: run a worker until SIGTERM/SIGINT."""
+        """`python app.py worker [--loglevel info] [--broker URL]`: run a worker until
+        SIGTERM/SIGINT. Errors are one line and the worker exit codes (78: configuration).
+        Under `streams worker module:app` (which imports the module) it returns at once."""
+        if script.in_cli_import():
+            log.debug("app.main() ignored: the streams command imports this module")
+            return
+        script.mark_started()
         parser = argparse.ArgumentParser(prog=f"{self.id}")
         parser.add_argument("command", choices=["worker"])
         parser.add_argument("--loglevel", default="info")
         parser.add_argument("--slot", type=int, default=None)
+        parser.add_argument("--broker", help="broker URL (default: $STREAMS_BROKER, app's)")
         args = parser.parse_args(argv)
         logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(name)s %(message)s")
 
@@ -389,10 +400,18 @@ class App:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            async with self.settings.connect() as broker:  # a bad URL or file: one line
+                await broker.list_topics()
+            log.info("app %s on broker %s", self.id, redacted(self.settings.broker))
             await self.run(stop, slot=args.slot)
 
         try:
+            if args.broker:
+                self.settings = self.settings.override(broker=args.broker)
             asyncio.run(serve())
-        except AppError as exc:
-            print(f"{self.id}: error: {exc}", file=sys.stderr)
-            sys.exit(1)
+        except StreamsError as exc:
+            print(f"{script.program()}: error: {exc}", file=sys.stderr)
+            sys.exit(exit_code(exc))
+
+
+__all__ = ["App", "importing_for_cli"]

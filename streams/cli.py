@@ -4,46 +4,65 @@
     streams send words hello --key greeting
     streams tail words --from-beginning --isolation read_committed
     streams groups describe wordcount
+    streams groups reset-offsets wordcount --topic words --to-earliest --dry-run
     streams worker examples.wordcount:app --workers 3
     streams table examples.wordcount:app counts
 
-Every command takes `--broker URL` (default: $STREAMS_BROKER or sqlite:///streams.db). Errors
-are one line on stderr and a non-zero exit code; `--debug` shows the traceback.
+Every command takes `--broker URL` and `--debug`, before or after the command's name. The
+broker is, first to last: `--broker`, $STREAMS_BROKER, the app's `broker=` (commands given an
+app: worker, table, send --app), sqlite:///streams.db. Errors are one line on stderr and a
+non-zero exit code; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import importlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any
 
-from runtime.errors import ConfigurationError, DatabaseError, StreamsError
+import orjson
+
+from runtime.errors import (
+    ConfigurationError,
+    DatabaseError,
+    InvalidRequestError,
+    StreamsError,
+    UnknownTopicError,
+)
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
 from runtime.worker.supervisor import Supervisor
 from runtime.worker.tables import TableState
 from runtime.worker.windows import WindowedState
-from streams.app import App
+from streams.app import App, importing_for_cli
+from streams.codecs import Codec
+from streams.offsets import OffsetChange, Reset, apply_reset, parse_datetime, plan_reset
+from streams.settings import DEFAULT_BROKER, redacted
 
-DEFAULT_BROKER = "sqlite:///streams.db"
 EXIT_CONFIG = 78  # EX_CONFIG: the supervisor does not restart a worker that exits with it
+FORMATS = ("text", "json", "bytes")
+PROGRESS_INTERVAL_S = 1.0  # `send --file`: a progress line this often
+log = logging.getLogger("streams.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streams", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--broker",
-        default=os.environ.get("STREAMS_BROKER", DEFAULT_BROKER),
-        help="broker URL (default: $STREAMS_BROKER or %(default)s)",
+        metavar="URL",
+        default=None,
+        help=f"broker URL (default: $STREAMS_BROKER, else the app's, else {DEFAULT_BROKER})",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", default=False, help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
     topics = commands.add_parser("topics", help="list, create, describe or delete topics")
@@ -63,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("value", nargs="?")
     send.add_argument("--key")
     send.add_argument("--file", help="send each line of this file ('-' for stdin)")
+    send.add_argument(
+        "--timestamp", help="record timestamp: ms since the epoch or ISO 8601 (default: now)"
+    )
+    for part in ("key", "value"):
+        send.add_argument(
+            f"--{part}-format",
+            choices=FORMATS,
+            help=f"how the {part} is encoded: text (UTF-8, the default), json (checked, "
+            "compacted) or bytes (as given)",
+        )
+    send.add_argument(
+        "--app", help="MODULE:ATTRIBUTE of a streams.App: encode with its topic's codecs"
+    )
 
     tail = commands.add_parser("tail", help="print records of a topic as they arrive")
     tail.add_argument("topic")
@@ -85,11 +117,65 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("app", help="MODULE:ATTRIBUTE of a streams.App")
     table.add_argument("table")
 
-    groups = commands.add_parser("groups", help="list groups, or describe one")
+    groups = commands.add_parser("groups", help="list, describe, reset or delete groups")
     group_commands = groups.add_subparsers(dest="action", required=True)
     group_commands.add_parser("list")
     group_commands.add_parser("describe").add_argument("group")
+    group_commands.add_parser("delete", help="delete a stopped group").add_argument("group")
+    reset = group_commands.add_parser(
+        "reset-offsets", help="move a stopped group's committed offsets"
+    )
+    reset.add_argument("group")
+    which = reset.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--topic",
+        action="append",
+        help="TOPIC or TOPIC:PARTITION[,PARTITION...] (repeatable)",
+    )
+    which.add_argument(
+        "--all-topics", action="store_true", help="every topic the group has offsets for"
+    )
+    to = reset.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true", help="the log start")
+    to.add_argument("--to-latest", action="store_true", help="the high watermark")
+    to.add_argument("--to-offset", type=int, metavar="N")
+    to.add_argument("--to-datetime", metavar="ISO", help="the first record at or after this time")
+    to.add_argument("--shift-by", type=int, metavar="N", help="N records on (or back, if <0)")
+    reset.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _share_options(parser)
     return parser
+
+
+def _share_options(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command take --broker and --debug after its name too: each
+    subparser gets them with no default (SUPPRESS), so a value given before the command
+    is kept unless the same option comes again after it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                known = {o for a in sub._actions for o in a.option_strings}
+                if "--broker" not in known:
+                    sub.add_argument(
+                        "--broker", metavar="URL", default=argparse.SUPPRESS, help="broker URL"
+                    )
+                if "--debug" not in known:
+                    sub.add_argument(
+                        "--debug",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="show tracebacks",
+                    )
+                _share_options(sub)
+
+
+def broker_url(args: argparse.Namespace, app: App | None = None) -> str:
+    """The broker a command uses: --broker, $STREAMS_BROKER, the app's broker=, the default
+    (the app's settings already hold the last three, in that order)."""
+    if args.broker:
+        return str(args.broker)
+    if app is not None:
+        return app.settings.broker
+    return os.environ.get("STREAMS_BROKER") or DEFAULT_BROKER
 
 
 async def _topics(broker: Transport, args: argparse.Namespace) -> None:
@@ -123,24 +209,133 @@ async def _topics(broker: Transport, args: argparse.Namespace) -> None:
             print(f"{p}\t{info.log_start}\t{info.high_watermark}\t{info.last_stable}\t{info.bytes}")
 
 
-async def _send(broker: Transport, args: argparse.Namespace) -> None:
+async def _send(broker: Transport, args: argparse.Namespace, app: App | None = None) -> None:
     if (args.value is None) == (args.file is None):
         raise StreamsError("give either a VALUE or --file")
-    key = None if args.key is None else args.key.encode()
+    key_codec = value_codec = None
+    if app is not None:
+        topic = app.topics.get(args.topic)
+        if topic is None:
+            raise ConfigurationError(
+                f"app {app.id!r} declares no topic {args.topic!r} (topics: {sorted(app.topics)})"
+            )
+        key_codec, value_codec = topic.key, topic.value
+    encode_key = _encoder("key", args.key_format, key_codec)
+    encode_value = _encoder("value", args.value_format, value_codec)
+    key = None if args.key is None else encode_key(os.fsencode(args.key), "--key")
+    timestamp = None if args.timestamp is None else _timestamp(args.timestamp)
     producer = broker.producer()
-    if args.file is None:
-        meta = await producer.send(args.topic, args.value.encode(), key=key)
-        print(f"sent to {meta.topic}[{meta.partition}] at offset {meta.offset}")
-    else:
-        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    try:
+        if args.file is None:
+            value = encode_value(os.fsencode(args.value), "VALUE")
+            meta = await producer.send(args.topic, value, key=key, timestamp=timestamp)
+            print(f"sent to {meta.topic}[{meta.partition}] at offset {meta.offset}")
+            return
+        await broker.describe_topic(args.topic)  # UnknownTopicError before reading a line
         count = 0
-        with handle:
-            for line in handle:
-                producer.produce(args.topic, line.rstrip("\n").encode(), key=key)
-                count += 1
+        progress = _Progress()
+        for number, line in _lines(args.file):
+            value = encode_value(line, f"line {number} of {args.file}")
+            producer.produce(args.topic, value, key=key, timestamp=timestamp)
+            count += 1
+            if count % 1000 == 0:
+                await asyncio.sleep(0)  # let the producer's flushes run
+                progress.show(count)
         await producer.flush()
+        progress.done()
         print(f"sent {count} records to {args.topic}")
-    await producer.close()
+    finally:
+        await producer.close()
+
+
+class _Progress:
+    """`sent N records` on stderr every PROGRESS_INTERVAL_S while a long send runs: one line
+    rewritten in place on a terminal, one line each time otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.next = time.monotonic() + PROGRESS_INTERVAL_S
+        self.shown = False
+
+    def show(self, count: int) -> None:
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + PROGRESS_INTERVAL_S
+        self.shown = True
+        end = "" if self.tty else "\n"
+        print(f"{chr(13) if self.tty else ''}sent {count} records ...", end=end, file=sys.stderr)
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.shown and self.tty:
+            print(file=sys.stderr)
+
+
+def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """The lines of a file ('-': stdin) as bytes, without their newline, numbered from 1."""
+    handle: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    with handle:
+        for number, line in enumerate(handle, 1):
+            yield number, line[:-1] if line.endswith(b"\n") else line
+
+
+def _encoder(part: str, fmt: str | None, codec: Codec | None) -> Callable[[bytes, str], bytes]:
+    """How the command line's key or value becomes bytes: a --*-format, else the app's codec
+    (with --app), else UTF-8 text."""
+    if fmt is None and codec is not None:
+        return lambda data, where: _with_codec(codec, data, where)
+    fmt = fmt or "text"
+
+    def encode(data: bytes, where: str) -> bytes:
+        if fmt == "bytes":
+            return data
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            raise InvalidRequestError(
+                f"{where} is not UTF-8 text; send it as is with --{part}-format bytes"
+            ) from None
+        if fmt == "json":
+            try:
+                return orjson.dumps(orjson.loads(text))
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequestError(f"{where} is not JSON ({exc}): {text[:80]!r}") from None
+        return data
+
+    return encode
+
+
+def _with_codec(codec: Codec, data: bytes, where: str) -> bytes:
+    """Encode what was typed with an app's codec: as that codec's own wire form when it reads
+    it (JSON text for a JSON or dataclass codec), else as a string (`--key ada` for a JSON
+    key is the JSON string "ada"), else as bytes."""
+    candidates: list[Callable[[], Any]] = [lambda: codec.decode(data)]
+    try:
+        text = data.decode()
+        candidates.append(lambda: text)
+    except UnicodeDecodeError:
+        pass
+    candidates.append(lambda: data)
+    for candidate in candidates:
+        try:
+            return codec.encode(candidate())
+        except (ValueError, TypeError):
+            continue
+    raise InvalidRequestError(f"{where} cannot be encoded with the {codec.name} codec")
+
+
+def _timestamp(text: str) -> int:
+    """--timestamp: ms since the epoch, or an ISO 8601 time."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return parse_datetime(text, option="--timestamp")
+
+
+def iso_time(ms: int) -> str:
+    """A record timestamp as an ISO 8601 UTC time, e.g. 2026-12-02T14:49:24.123Z."""
+    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def _tail(broker: Transport, args: argparse.Namespace) -> None:
@@ -165,18 +360,33 @@ async def _tail(broker: Transport, args: argparse.Namespace) -> None:
                 for record in records:
                     key = "" if record.key is None else record.key.decode(errors="replace")
                     value = "" if record.value is None else record.value.decode(errors="replace")
-                    print(f"{record.partition}:{record.offset}\t{key}\t{value}", flush=True)
+                    print(
+                        f"{record.partition}:{record.offset}\t{iso_time(record.timestamp)}\t"
+                        f"{key}\t{value}",
+                        flush=True,
+                    )
                     seen += 1
+                    if args.max is not None and seen >= args.max:
+                        break
     finally:
         await consumer.close()
 
 
 async def _groups(broker: Transport, args: argparse.Namespace) -> None:
     if args.action == "list":
-        for group in await broker.list_groups():
-            print(group)
-        return
-    group = await broker.describe_group(args.group)
+        for group_id in await broker.list_groups():
+            print(group_id)
+    elif args.action == "delete":
+        await broker.delete_group(args.group)
+        print(f"deleted group {args.group}")
+    elif args.action == "reset-offsets":
+        await _reset_offsets(broker, args)
+    else:
+        await _describe_group(broker, args.group)
+
+
+async def _describe_group(broker: Transport, group_id: str) -> None:
+    group = await broker.describe_group(group_id)
     print(f"group {group.group_id}: generation {group.generation}, {len(group.members)} members")
     owners = {}
     for member in group.members:
@@ -192,16 +402,47 @@ async def _groups(broker: Transport, args: argparse.Namespace) -> None:
         )
 
 
+async def _reset_offsets(broker: Transport, args: argparse.Namespace) -> None:
+    if args.to_earliest:
+        reset = Reset("earliest")
+    elif args.to_latest:
+        reset = Reset("latest")
+    elif args.to_offset is not None:
+        reset = Reset("offset", args.to_offset)
+    elif args.to_datetime is not None:
+        reset = Reset("datetime", parse_datetime(args.to_datetime))
+    else:
+        reset = Reset("shift", args.shift_by)
+    changes = await plan_reset(broker, args.group, args.topic or [], reset)
+    if not args.dry_run:
+        await apply_reset(broker, args.group, changes)
+    _print_changes(changes)
+    verb = "would move (dry run, nothing changed)" if args.dry_run else "moved"
+    print(f"{verb} {len(changes)} offsets of group {args.group}", file=sys.stderr)
+
+
+def _print_changes(changes: Sequence[OffsetChange]) -> None:
+    print("topic\tpartition\told\tnew")
+    for change in changes:
+        old = "-" if change.old is None else str(change.old)
+        print(f"{change.tp.topic}\t{change.tp.partition}\t{old}\t{change.new}")
+
+
 def load_app(target: str) -> App:
-    """The streams.App named by "module:attribute" (attribute defaults to "app")."""
+    """The streams.App named by "module:attribute" (attribute defaults to "app"). An
+    `app.main()` the module runs at import (no `if __name__ == "__main__":` guard) returns at
+    once instead of reading this command's arguments."""
     module_name, _, attribute = target.partition(":")
     attribute = attribute or "app"
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        with importing_for_cli():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    except StreamsError as exc:  # e.g. a bad setting in App(...): its message says it all
+        raise ConfigurationError(f"importing {module_name!r}: {exc}") from exc
     except Exception as exc:
         raise ConfigurationError(f"importing {module_name!r} failed: {exc!r}") from exc
     app = getattr(module, attribute, None)
@@ -213,9 +454,9 @@ def load_app(target: str) -> App:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    if args.broker:
-        os.environ["STREAMS_BROKER"] = args.broker  # the app's settings read it
     app = load_app(args.app)
+    if args.broker:
+        app.settings = app.settings.override(broker=args.broker)
     if args.workers < 1:
         raise ConfigurationError("--workers must be at least 1")
     logging.basicConfig(
@@ -225,9 +466,12 @@ def _worker(args: argparse.Namespace) -> int:
     )
     if args.child is None:
         asyncio.run(_preflight(app))  # a bad URL or database fails here, once, not in N children
+        log.info("app %s on broker %s", app.id, redacted(app.settings.broker))
         command = [sys.executable, "-m", "streams.cli"]
         if args.debug:
             command.append("--debug")
+        if args.broker:
+            command += ["--broker", args.broker]
 
         def child(slot: int) -> list[str]:
             return [*command, "worker", args.app, "--loglevel", args.loglevel, "--child", str(slot)]
@@ -266,9 +510,16 @@ async def _table(args: argparse.Namespace) -> None:
         raise ConfigurationError(
             f"app {app.id!r} has no table {args.table!r} (tables: {sorted(app.tables)})"
         )
-    settings = app.settings.override(broker=args.broker) if args.broker else app.settings
+    settings = app.settings.override(broker=broker_url(args, app))
     async with settings.connect() as broker:
-        await broker.describe_topic(table.changelog_topic)  # UnknownTopicError if never run
+        try:
+            await broker.describe_topic(table.changelog_topic)
+        except UnknownTopicError:
+            raise UnknownTopicError(
+                f"table {args.table!r} has no changelog ({table.changelog_topic!r}) on "
+                f"{redacted(settings.broker)}: no worker of app {app.id!r} ran on this broker "
+                "(give --broker or $STREAMS_BROKER if it ran elsewhere)"
+            ) from None
         rows: dict[int, dict[bytes, bytes]] = {p: {} for p in range(table.partitions)}
         async for record in broker.committed_records(table.changelog_topic, table.partitions):
             if record.key is None:
@@ -289,14 +540,18 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "table":
         await _table(args)
         return
+    if args.command == "send" and args.app:
+        app = load_app(args.app)
+        async with app.settings.override(broker=broker_url(args, app)).connect() as broker:
+            await _send(broker, args, app)
+        return
     handlers: dict[str, Any] = {
         "topics": _topics,
         "send": _send,
         "tail": _tail,
         "groups": _groups,
     }
-    url = args.broker or os.environ.get("STREAMS_BROKER", DEFAULT_BROKER)
-    async with connect(url) as broker:
+    async with connect(broker_url(args)) as broker:
         await handlers[args.command](broker, args)
 
 

@@ -1,10 +1,12 @@
 """App settings: each declared once, with its default, its environment variable and its doc.
 
     settings = Settings.resolve("wordcount", {"commit_interval": 0.5})
-    settings.broker          # $STREAMS_BROKER, else the argument, else sqlite:///wordcount.db
+    settings.broker          # $STREAMS_BROKER, else the argument, else sqlite:///streams.db
 
 An environment variable overrides the value given in code, so one app can be pointed at another
-broker or run at-least-once without editing it.
+broker or run at-least-once without editing it. The broker an app's commands use is, first to
+last: `--broker` on the command line, $STREAMS_BROKER, `App(broker=...)`, sqlite:///streams.db
+(the default of every `streams` command, so the app and the commands without an app agree).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from runtime.errors import ConfigurationError
 from runtime.transport import Transport, connect
 
+DEFAULT_BROKER = "sqlite:///streams.db"
 GUARANTEES = ("exactly_once", "at_least_once")
 DECODE_POLICIES = ("skip", "stop")
 
@@ -74,9 +78,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "broker",
         "STREAMS_BROKER",
-        lambda app: f"sqlite:///{app}.db",
+        lambda app: DEFAULT_BROKER,
         str,
-        "Broker URL: sqlite:///path.db (default, beside the app), memory://, kafka://...",
+        "Broker URL: sqlite:///path.db (default sqlite:///streams.db, in the current "
+        "directory, as for every `streams` command), memory://, kafka://...",
     ),
     Setting(
         "broker_config",
@@ -228,3 +233,26 @@ class Settings:
             except ValueError as exc:
                 raise ConfigurationError(f"bad {source}={text!r}: {exc}") from exc
         return cls(**values)
+
+
+SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def redacted(url: str) -> str:
+    """`url` fit for a log line: a password in it (user:password@, or a query option whose
+    name says password/secret/token/key) replaced by ***.
+
+    >>> redacted("kafka://u:hunter2@h:9092?sasl.password=x&timeout=5")
+    'kafka://u:***@h:9092?sasl.password=***&timeout=5'
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hosts}"
+    query = "&".join(
+        f"{k}=***" if any(w in k.lower() for w in SECRET_WORDS) else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")

@@ -477,6 +477,24 @@ class Broker:
     def list_groups(self) -> list[str]:
         return self._read(self.groups.list)
 
+    def alter_group_offsets(self, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Set a group's committed offsets (a tool's reset), only while it has no live
+        members (GroupNotEmptyError); each offset must be within the partition's log."""
+        checked = self._check_offsets(offsets)
+
+        def run(now: int) -> None:
+            for tp, offset in checked.items():
+                tp_id = self.log.tp_id(tp.topic, tp.partition)
+                log_start, hw, _ = self.log.offsets(tp_id)
+                self.log.check_offset(tp, offset, log_start, hw)
+            self.groups.alter_offsets(group_id, checked, now)
+
+        self._write(run)
+
+    def delete_group(self, group_id: str) -> None:
+        """Delete a group and its committed offsets, only while it has no live members."""
+        self._write(lambda now: self.groups.delete(group_id, now))
+
     def _check_offsets(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Offsets as {TopicPartition: next offset}, each naming an existing partition."""
         if not isinstance(offsets, Mapping):

@@ -23,6 +23,8 @@ import orjson
 
 from runtime.broker.assignor import ASSIGNORS, assign_standbys, sticky_assign
 from runtime.errors import (
+    GroupIdNotFoundError,
+    GroupNotEmptyError,
     IllegalGenerationError,
     InvalidRequestError,
     UnknownMemberIdError,
@@ -418,6 +420,43 @@ class Groups:
         return GroupDescription(
             group_id, self._generation(group_id), list(members.values()), offsets, pending
         )
+
+    # --- administration (tools, with every member stopped) ---------------------------------
+
+    def _check_empty(self, group_id: str, now: int, doing: str) -> None:
+        members = self._live_members(group_id, now)
+        if members:
+            raise GroupNotEmptyError(
+                f"cannot {doing} group {group_id!r}: it has {len(members)} live member(s) "
+                f"({', '.join(sorted(members))}); stop its workers first"
+            )
+
+    def alter_offsets(self, group_id: str, offsets: Mapping[TopicPartition, int], now: int) -> None:
+        """Set committed offsets of a group with no live members (Kafka's AlterConsumerGroup
+        Offsets); an open transaction's pending offsets for those partitions are refused."""
+        self._check_empty(group_id, now, "reset the offsets of")
+        for tp in offsets:
+            if self.conn.execute(
+                "SELECT 1 FROM txn_offsets WHERE group_id = ? AND topic = ? AND partition = ?",
+                (group_id, tp.topic, tp.partition),
+            ).fetchone():
+                raise UnstableOffsetCommitError(
+                    f"an open transaction holds offsets of {tp.topic}[{tp.partition}] for "
+                    f"group {group_id!r}; retry when it ends (or times out)"
+                )
+        self.conn.execute("INSERT OR IGNORE INTO groups VALUES (?, 0, ?)", (group_id, now))
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO offsets VALUES (?, ?, ?, ?, NULL, ?)",
+            [(group_id, tp.topic, tp.partition, off, now) for tp, off in offsets.items()],
+        )
+
+    def delete(self, group_id: str, now: int) -> None:
+        """Delete a group with no live members, with its committed offsets."""
+        if group_id not in self.list():
+            raise GroupIdNotFoundError(f"unknown group {group_id!r}")
+        self._check_empty(group_id, now, "delete")
+        for table in ("members", "offsets", "groups"):
+            self.conn.execute(f"DELETE FROM {table} WHERE group_id = ?", (group_id,))
 
     def list(self) -> list[str]:
         rows = self.conn.execute(

@@ -225,6 +225,26 @@ class Transport(abc.ABC):
     async def describe_group(self, group_id: str) -> Any: ...
 
     @abc.abstractmethod
+    async def offsets_for_time(
+        self, tps: Iterable[TopicPartition], timestamp_ms: int
+    ) -> dict[TopicPartition, int]:
+        """Per partition, the first offset whose record timestamp is at or after
+        `timestamp_ms` (Kafka's ListOffsets by timestamp); the high watermark where none is."""
+
+    @abc.abstractmethod
+    async def alter_group_offsets(
+        self, group_id: str, offsets: Mapping[TopicPartition, int]
+    ) -> None:
+        """Set a group's committed offsets (next offset to read, per partition), as
+        `kafka-consumer-groups --reset-offsets` does: GroupNotEmptyError while the group has
+        live members; each offset must lie within [log start, high watermark]."""
+
+    @abc.abstractmethod
+    async def delete_group(self, group_id: str) -> None:
+        """Delete a group and its committed offsets: GroupNotEmptyError while it has live
+        members, GroupIdNotFoundError when there is no such group."""
+
+    @abc.abstractmethod
     def producer(
         self,
         transactional_id: str | None = None,

@@ -200,10 +200,11 @@ async def test_yielding_a_value_the_sink_cannot_encode_fails_the_agent() -> None
 # --- settings -----------------------------------------------------------------------------------
 
 
-def test_settings_defaults_derive_from_the_app_id() -> None:
-    """Without arguments or environment, settings take their documented defaults."""
+def test_settings_defaults() -> None:
+    """Without arguments or environment, settings take their documented defaults (the
+    broker is the one every `streams` command uses by default; the state dir is the app's)."""
     s = streams.Settings.resolve("shop", {}, environ={})
-    assert s.broker == "sqlite:///shop.db"
+    assert s.broker == "sqlite:///streams.db"  # as every `streams` command
     assert s.state_dir == "shop-state"
     assert s.processing_guarantee == "exactly_once" and s.exactly_once
     assert (s.commit_interval, s.on_decode_error, s.default_partitions) == (0.1, "stop", 4)

@@ -16,7 +16,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -231,6 +231,19 @@ class EmbeddedTransport(Transport):
 
     async def describe_group(self, group_id: str) -> GroupDescription:
         return await self._write(self.broker.describe_group, group_id)
+
+    async def offsets_for_time(
+        self, tps: Iterable[TopicPartition], timestamp_ms: int
+    ) -> dict[TopicPartition, int]:
+        return {tp: await self._call(self.broker.list_offset, tp, timestamp_ms) for tp in set(tps)}
+
+    async def alter_group_offsets(
+        self, group_id: str, offsets: Mapping[TopicPartition, int]
+    ) -> None:
+        await self._write(self.broker.alter_group_offsets, group_id, dict(offsets))
+
+    async def delete_group(self, group_id: str) -> None:
+        await self._write(self.broker.delete_group, group_id)
 
     async def maintain(self, force_compaction: bool = False) -> dict[str, int]:
         """Retention, compaction and transaction timeouts, now."""

@@ -16,6 +16,8 @@ from confluent_kafka import KafkaError, KafkaException
 from runtime.errors import (
     BrokerUnavailableError,
     ConfigurationError,
+    GroupIdNotFoundError,
+    GroupNotEmptyError,
     IllegalGenerationError,
     InvalidPartitionsError,
     InvalidProducerEpochError,
@@ -48,6 +50,8 @@ _BY_CODE: dict[int, type[StreamsError]] = {
     KafkaError.UNKNOWN_MEMBER_ID: UnknownMemberIdError,
     KafkaError.FENCED_INSTANCE_ID: UnknownMemberIdError,
     KafkaError.REBALANCE_IN_PROGRESS: RebalanceInProgressError,
+    KafkaError.NON_EMPTY_GROUP: GroupNotEmptyError,
+    KafkaError.GROUP_ID_NOT_FOUND: GroupIdNotFoundError,
     KafkaError.UNSTABLE_OFFSET_COMMIT: UnstableOffsetCommitError,
     KafkaError.UNKNOWN_TOPIC_OR_PART: UnknownTopicError,
     KafkaError._UNKNOWN_TOPIC: UnknownTopicError,

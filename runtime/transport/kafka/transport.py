@@ -14,7 +14,7 @@ import concurrent.futures
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 from confluent_kafka import (
@@ -35,9 +35,12 @@ from confluent_kafka.admin import (
 from runtime.errors import (
     BrokerUnavailableError,
     ConfigurationError,
+    GroupNotEmptyError,
     InvalidPartitionsError,
     InvalidRequestError,
+    OffsetOutOfRangeError,
     StreamsError,
+    UnknownMemberIdError,
     UnknownTopicError,
 )
 from runtime.transport.base import READ_COMMITTED, READ_UNCOMMITTED, Transport
@@ -235,12 +238,33 @@ class KafkaTransport(Transport):
                 raise to_streams_error(exc, f"list offsets of {tp.topic}[{tp.partition}]") from None
         return out
 
+    async def offsets_for_time(
+        self, tps: Iterable[TopicPartition], timestamp_ms: int
+    ) -> dict[TopicPartition, int]:
+        tps = sorted(set(tps))
+        if not tps:
+            return {}
+        await self.ensure_reachable()
+        futures = self._offsets_request(tps, timestamp_ms, READ_UNCOMMITTED)
+        found = {
+            tp: (await self._result(future, f"offset by time of {tp.topic}[{tp.partition}]")).offset
+            for tp, future in futures.items()
+        }
+        missing = [tp for tp, offset in found.items() if offset < 0]  # no record that late
+        found.update(await self.list_offsets(missing, "latest", READ_UNCOMMITTED))
+        return found
+
     def _offsets_request(
-        self, tps: list[TopicPartition], which: str, isolation: str
+        self, tps: list[TopicPartition], which: str | int, isolation: str
     ) -> dict[TopicPartition, concurrent.futures.Future[Any]]:
         if not tps:
             return {}
-        spec = OffsetSpec.earliest() if which == "earliest" else OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        if isinstance(which, int):
+            spec = OffsetSpec.for_timestamp(which)
+        elif which == "earliest":
+            spec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+        else:
+            spec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
         level = (
             IsolationLevel.READ_COMMITTED
             if isolation == READ_COMMITTED
@@ -287,6 +311,59 @@ class KafkaTransport(Transport):
             if p.offset >= 0
         }
         return GroupDescription(group_id, -1, members, offsets, str(description.state.name))
+
+    async def alter_group_offsets(
+        self, group_id: str, offsets: Mapping[TopicPartition, int]
+    ) -> None:
+        """AlterConsumerGroupOffsets, after the checks kafka-consumer-groups makes: the group
+        must be empty (Kafka itself answers a live group's commit with UNKNOWN_MEMBER_ID) and
+        each offset within its partition's log."""
+        tps = sorted(offsets)
+        await self.ensure_reachable()
+        members = await self._live_members(group_id)
+        if members:
+            raise GroupNotEmptyError(
+                f"cannot reset the offsets of group {group_id!r}: it has {len(members)} live "
+                f"member(s) ({', '.join(sorted(members))}); stop its workers first"
+            )
+        starts, ends = await asyncio.gather(
+            self.list_offsets(tps, "earliest", READ_UNCOMMITTED),
+            self.list_offsets(tps, "latest", READ_UNCOMMITTED),
+        )
+        for tp in tps:
+            if type(offsets[tp]) is not int or not starts[tp] <= offsets[tp] <= ends[tp]:
+                raise OffsetOutOfRangeError(
+                    f"offset {offsets[tp]!r} out of range for {tp.topic}[{tp.partition}]: "
+                    f"valid offsets are {starts[tp]}..{ends[tp]}"
+                )
+        request = ConsumerGroupTopicPartitions(
+            group_id, [KafkaTopicPartition(tp.topic, tp.partition, offsets[tp]) for tp in tps]
+        )
+        futures = self.admin.alter_consumer_group_offsets([request], **self._admin_kwargs())
+        try:
+            for future in futures.values():
+                result = await self._result(future, f"reset offsets of group {group_id!r}")
+                for partition in result.topic_partitions:
+                    if partition.error is not None:
+                        raise to_streams_error(
+                            partition.error,
+                            f"reset offset of {partition.topic}[{partition.partition}]",
+                        )
+        except UnknownMemberIdError:  # Kafka's answer to a tool's commit for a live group
+            raise GroupNotEmptyError(
+                f"cannot reset the offsets of group {group_id!r}: it has live members; stop "
+                "its workers first"
+            ) from None
+
+    async def _live_members(self, group_id: str) -> list[str]:
+        futures = self.admin.describe_consumer_groups([group_id], **self._admin_kwargs())
+        description = await self._result(futures[group_id], f"describe group {group_id!r}")
+        return [m.member_id for m in description.members]
+
+    async def delete_group(self, group_id: str) -> None:
+        await self.ensure_reachable()
+        futures = self.admin.delete_consumer_groups([group_id], **self._admin_kwargs())
+        await self._result(futures[group_id], f"delete group {group_id!r}")
 
     # --- clients ------------------------------------------------------------------------
 
