@@ -206,7 +206,9 @@ def test_settings_defaults_derive_from_the_app_id() -> None:
     assert s.broker == "sqlite:///shop.db"
     assert s.state_dir == "shop-state"
     assert s.processing_guarantee == "exactly_once" and s.exactly_once
-    assert (s.commit_interval, s.on_decode_error, s.default_partitions) == (0.1, "stop", 4)
+    assert (s.commit_interval, s.default_partitions) == (0.1, 4)
+    assert (s.on_error, s.on_decode_error) == ("fail", None)  # decode errors: as on_error
+    assert s.dead_letter_topic == "shop-dead-letter"
 
 
 def test_settings_given_in_code_are_parsed() -> None:
