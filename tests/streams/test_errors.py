@@ -481,3 +481,51 @@ async def test_dead_letters_are_exactly_once_across_a_crash_at_each_step(
         assert final.table("revenue") == revenue
         dead = [orjson.loads(e.value)["id"] for e in await final.read(DEAD)]
         assert sorted(dead) == [i for i, (_, qty) in enumerate(orders) if qty == 0]
+
+
+async def test_at_least_once_skips_too() -> None:
+    """Under at-least-once the failed order is skipped the same way: the table counts good
+    orders only and every good output is there (outputs written before the abort may be
+    there twice, and the failed order's first output may be there: at-least-once writes as
+    it goes, as the docs say)."""
+    app = shop()
+    orders = [("ada", 2), ("ada", 0), ("bob", 3), ("ada", 1)]
+    async with app.testing(on_error="skip", processing_guarantee="at_least_once") as t:
+        await send_orders(t, orders)
+        await t.drain()
+        outputs, revenue = expected(orders)
+        assert t.table("revenue") == revenue
+        written = per_key(await t.read("totals"))
+        for customer, values in outputs.items():
+            assert all(value in written[customer] for value in values)
+        assert t.worker.skipped == 1
+
+
+async def test_dead_letter_topic_given_as_a_topic_keeps_its_codecs_for_readers() -> None:
+    """dead_letter=<Topic> (declared with JSON values): the record's bytes go there unchanged,
+    so the app reads them back with that topic's codec; on_decode_error="dead_letter" alone
+    (on_error "fail") dead-letters decode errors and still stops at an agent error."""
+    app = streams.App("shop")
+    orders = app.topic("orders", partitions=1)
+    rejected = app.topic("rejected", partitions=1)
+
+    @app.stream(orders, dead_letter=rejected)
+    async def check(stream: streams.Stream) -> None:
+        async for order in stream:
+            if order["qty"] < 0:
+                raise ValueError("negative")
+
+    async with app.testing() as t:
+        await t.send("orders", {"qty": -1})
+        await t.drain()
+        assert [e.value for e in await t.read(rejected)] == [{"qty": -1}]
+
+    app = shop()
+    async with app.testing(on_decode_error="dead_letter") as t:
+        await write_raw(t, "orders", (b'"ada"', b"{no"))
+        await send_orders(t, [("bob", 1)])
+        await t.drain()
+        assert [e.value for e in await t.read(DEAD)] == [b"{no"]
+        await send_orders(t, [("bob", 0)])
+        with pytest.raises(streams.AgentError, match="ZeroDivisionError"):
+            await t.drain()
