@@ -42,6 +42,9 @@ async def demo() -> None:
         await t.send("orders", {"id": 3, "total": 4.0})  # no customer
         await t.app.send("orders", value=None)  # a tombstone: {"customer"} of None fails too
         await t.send("orders", {"id": 4, "customer": "bob", "total": 3.0})
+        raw = t.transport.producer()  # bytes as `streams send orders '{oops'` writes them
+        await raw.send("orders", b"{oops", b"k")
+        await raw.close()
         await t.drain()
         print("revenue:", t.table("revenue"))
         for letter in await t.read("orders-dead-letter"):
@@ -52,6 +55,7 @@ async def demo() -> None:
                 why["streams.error.stage"].decode(),
                 why["streams.error.exception"].decode(),
             )
+        assert len(await t.read("orders-dead-letter")) == 4
         assert t.table("revenue") == {"ada": 12.5, "bob": 3.0}
         assert t.table("billed") == {"ada": 1, "bob": 1}
 

@@ -481,6 +481,8 @@ class Worker:
         one after it, and the cycle commits at the end of this poll. So a redone cycle ends
         right after the record that failed, and a next failing record redoes only what
         follows it."""
+        if not records:
+            return records
         first, last = records[0].offset, records[-1].offset
         cut = max((o for o in set_aside if first <= o <= last), default=None)
         if cut is None or cut == last:
