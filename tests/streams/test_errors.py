@@ -529,3 +529,78 @@ async def test_dead_letter_topic_given_as_a_topic_keeps_its_codecs_for_readers()
         await send_orders(t, [("bob", 0)])
         with pytest.raises(streams.AgentError, match="ZeroDivisionError"):
             await t.drain()
+
+
+record_kinds = st.lists(
+    st.tuples(
+        st.sampled_from(["good", "not json", "no customer", "no total"]),
+        st.sampled_from(["ada", "bob", "cy", "dee"]),
+    ),
+    max_size=30,
+)
+
+
+def order_bytes(i: int, kind: str, customer: str) -> bytes:
+    if kind == "not json":
+        return b"{order %d" % i
+    order: dict[str, Any] = {"id": i, "customer": customer, "total": i % 4 + 1}
+    if kind == "no customer":
+        del order["customer"]
+    elif kind == "no total":
+        del order["total"]
+    return orjson.dumps(order)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=record_kinds,
+    max_poll_records=st.integers(min_value=1, max_value=20),
+    commit_every=st.integers(min_value=1, max_value=30),
+)
+def test_every_kind_of_bad_record_once_in_the_dead_letters(
+    records: list[tuple[str, str]], max_poll_records: int, commit_every: int
+) -> None:
+    """Undecodable records, group_by failures and agent failures at random places, with
+    random batch and commit sizes: each bad record is dead-lettered once with its stage, each
+    good one billed once, the tables hold the good ones only."""
+    app = streams.App("shop", on_error="dead_letter")
+    orders = app.topic("orders", partitions=2)
+    bills = app.topic("bills", partitions=2)
+    count = app.table("count", default=int, partitions=2)
+    revenue = app.table("revenue", default=int, partitions=2)
+
+    @app.stream(orders, sink=[bills])
+    async def bill(stream: streams.Stream) -> Any:
+        async for order in stream.group_by(lambda o: o["customer"], name="by-customer"):
+            count[order["customer"]] += 1  # before the failure: must be rolled back
+            revenue[order["customer"]] += order["total"]
+            yield order["id"]
+
+    async def run() -> None:
+        async with app.testing(max_poll_records=max_poll_records, commit_every=commit_every) as t:
+            producer = t.transport.producer()
+            for i, (kind, customer) in enumerate(records):
+                producer.produce("orders", order_bytes(i, kind, customer), orjson.dumps(customer))
+            await producer.close()
+            await t.drain()
+            good = [(i, c) for i, (kind, c) in enumerate(records) if kind == "good"]
+            assert sorted(e.value for e in await t.read("bills")) == [i for i, _ in good]
+            expected_count: dict[str, int] = {}
+            expected_revenue: dict[str, int] = {}
+            for i, customer in good:
+                expected_count[customer] = expected_count.get(customer, 0) + 1
+                expected_revenue[customer] = expected_revenue.get(customer, 0) + i % 4 + 1
+            assert t.table("count") == expected_count
+            assert t.table("revenue") == expected_revenue
+            stages = {"not json": b"decode", "no customer": b"group_by", "no total": b"agent"}
+            letters = sorted(
+                (header(e, "stage"), e.value) for e in await t.read("shop-dead-letter")
+            )
+            bad = [(i, kind) for i, (kind, _) in enumerate(records) if kind != "good"]
+            assert len(letters) == len(bad)
+            for i, kind in bad:  # the agent's dead letter is the repartition record
+                value = orjson.dumps({"id": i, "customer": records[i][1]})
+                original = order_bytes(i, kind, records[i][1])
+                assert (stages[kind], value if kind == "no total" else original) in letters
+
+    asyncio.run(run())
