@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -59,6 +60,12 @@ def _json_object(text: str) -> dict[str, Any] | None:
 def _text(value: Any) -> str:
     """A setting given in code as the text its parser reads (mappings as JSON)."""
     return json.dumps(dict(value)) if isinstance(value, Mapping) else str(value)
+
+
+def _topic_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text) or text in (".", ".."):
+        raise ValueError("must be a topic name: 1-249 characters of [A-Za-z0-9._-]")
+    return text
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -145,7 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
         "dead_letter_topic",
         "STREAMS_DEAD_LETTER_TOPIC",
         lambda app: f"{app}-dead-letter",
-        str,
+        _topic_name,
         "Where on_error='dead_letter' sends records (unless an agent names its own).",
     ),
     Setting(

@@ -256,6 +256,8 @@ def test_app_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("processing_guarantee", "maybe_once"),
         ("on_decode_error", "ignore"),
+        ("on_error", "ignore"),
+        ("dead_letter_topic", "no spaces"),
         ("commit_interval", "0"),
         ("commit_interval", "-1"),
         ("commit_interval", "soon"),
