@@ -13,6 +13,9 @@ one exists, is on the class, so both back ends map to the same types:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 # Exit codes of a worker process (sysexits.h), read by the supervisor:
 EXIT_DATAERR = 65  # a record could not be processed (on_error="fail"): restart, give up if stuck
 EXIT_TEMPFAIL = 75  # a resource is short (ResourceError): restart with backoff
@@ -210,16 +213,40 @@ class TableWriteOutsideAgentError(AppError):
     """A table was written outside an agent, where no transaction can carry the change."""
 
 
-class AgentError(AppError):
-    """An agent raised while processing an event; nothing of its batch was committed."""
+class RecordError(AppError):
+    """A record could not be processed (decoded, re-keyed, processed by an agent, its output
+    encoded) under on_error="fail": the worker stops at it (exit code EXIT_DATAERR) and
+    nothing of its cycle commits. The message is one line ending with where and why:
+    "agent 'total' failed at orders[0]@6 (key 'ada'): KeyError('total')".
+
+    `events` are the events that failed (with topic, partition, offset), `agent` the agent
+    whose policy applies, `stage` "decode", "group_by", "agent" or "sink"."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        events: Sequence[Any] = (),
+        agent: str | None = None,
+        stage: str = "agent",
+    ) -> None:
+        super().__init__(message)
+        self.events = list(events)
+        self.agent = agent
+        self.stage = stage
+
+
+class AgentError(RecordError):
+    """An agent (or its group_by) raised while processing an event, or its output could not
+    be encoded; nothing of its batch was committed."""
 
 
 class AgentStoppedError(AppError):
     """An agent returned while its stream still had events to process."""
 
 
-class RecordDecodeError(AppError):
-    """A record's key or value could not be decoded (policy on_decode_error='stop')."""
+class RecordDecodeError(RecordError):
+    """A record's key or value could not be decoded (on_decode_error / on_error "fail")."""
 
 
 def exit_code(exc: BaseException) -> int:
@@ -228,4 +255,6 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_TEMPFAIL
     if isinstance(exc, (ConfigurationError, DatabaseError)):
         return EXIT_CONFIG
+    if isinstance(exc, RecordError):
+        return EXIT_DATAERR
     return 1

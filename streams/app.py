@@ -29,6 +29,7 @@ from runtime.errors import AppError, ConfigurationError, StreamsError, exit_code
 from runtime.transport import Producer, Transport
 from runtime.types import Headers, RecordMetadata
 from runtime.worker import AgentSpec, AppSpec, Inbox, RepartitionSpec, TimerSpec, Worker
+from runtime.worker.failures import POLICIES
 from streams import script
 from streams.codecs import Codec, get_codec
 from streams.script import importing_for_cli
@@ -43,11 +44,21 @@ AgentFunction = Callable[[Stream], AsyncIterator[Any] | Awaitable[None]]
 
 
 class Agent:
-    def __init__(self, name: str, topic: Topic, fn: AgentFunction, sinks: list[Topic]) -> None:
+    def __init__(
+        self,
+        name: str,
+        topic: Topic,
+        fn: AgentFunction,
+        sinks: list[Topic],
+        on_error: str | None = None,
+        dead_letter: str | None = None,
+    ) -> None:
         self.name = name
         self.topic = topic
         self.fn = fn
         self.sinks = sinks
+        self.on_error = on_error  # None: the app's on_error
+        self.dead_letter = dead_letter  # None: the app's dead_letter_topic
 
 
 class App:
@@ -149,9 +160,23 @@ class App:
         sink: Sequence[Topic | str] = (),
         concurrency: int = 1,
         name: str | None = None,
+        on_error: str | None = None,
+        dead_letter: Topic | str | None = None,
     ) -> Callable[[AgentFunction], AgentFunction]:
         """Decorate an agent: `async def agent(stream)` that iterates `stream`; what it
-        yields goes to every topic of `sink`, keyed like the event being processed."""
+        yields goes to every topic of `sink`, keyed like the event being processed.
+
+        `on_error` ("fail", "skip", "dead_letter"; default: the app's) says what happens to a
+        record this agent (or its group_by) cannot process; `dead_letter=` names its
+        dead-letter topic (and implies on_error="dead_letter"). See docs/errors.md."""
+        if on_error is not None and on_error not in POLICIES:
+            raise ConfigurationError(f"on_error={on_error!r}: must be one of {POLICIES}")
+        if dead_letter is not None:
+            if on_error not in (None, "dead_letter"):
+                raise ConfigurationError(
+                    f"dead_letter= goes with on_error='dead_letter', not {on_error!r}"
+                )
+            on_error = "dead_letter"
         if concurrency != 1:
             raise ConfigurationError(
                 "concurrency > 1 is not supported: one agent instance per partition keeps "
@@ -159,6 +184,7 @@ class App:
             )
         source = self.topic(topic) if isinstance(topic, str) else topic
         sinks = [self.topic(s) if isinstance(s, str) else s for s in sink]
+        dead_letter_name = None if dead_letter is None else self._dead_letter(dead_letter, source)
 
         def register(fn: AgentFunction) -> AgentFunction:
             if not (inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(fn)):
@@ -166,10 +192,21 @@ class App:
             agent_name = name or fn.__name__
             if any(a.name == agent_name for a in self.agents):
                 raise ConfigurationError(f"two agents are called {agent_name!r}")
-            self.agents.append(Agent(agent_name, source, fn, sinks))
+            self.agents.append(Agent(agent_name, source, fn, sinks, on_error, dead_letter_name))
             return fn
 
         return register
+
+    def _dead_letter(self, topic: Topic | str, source: Topic) -> str:
+        """A dead-letter topic's name; one named by a string is declared with raw codecs
+        (its records are bytes, as they were written) and the source's partition count."""
+        if isinstance(topic, str):
+            if topic not in self.topics:
+                self.topic(topic, partitions=source.partitions, key_type="raw", value_type="raw")
+            return topic
+        if self.topics.get(topic.name) is not topic:
+            raise ConfigurationError(f"topic {topic.name!r} is not a topic of this app")
+        return topic.name
 
     def timer(self, interval: float) -> Callable[[Callable[[], Awaitable[None]]], Any]:
         """Decorate `async def fn()` to run every `interval` seconds in each worker."""
@@ -267,7 +304,9 @@ class App:
                         internal=True,
                     )
                 repartitions.append(
-                    RepartitionSpec(agent.topic.name, target.name, group.ops_before, group.key_fn)
+                    RepartitionSpec(
+                        agent.topic.name, target.name, group.ops_before, group.key_fn, agent.name
+                    )
                 )
                 source = target
             agents.append(
@@ -276,8 +315,11 @@ class App:
                     source.name,
                     self._runner(agent, source),
                     [s.name for s in agent.sinks],
+                    agent.on_error,
+                    agent.dead_letter,
                 )
             )
+            self._declare_dead_letter(agent)
         topics = {name: topic.spec() for name, topic in self.topics.items()}
         for table in self.tables.values():
             changelog = Topic(
@@ -300,6 +342,17 @@ class App:
         )
         self._check_copartitioned(spec)
         return spec
+
+    def _declare_dead_letter(self, agent: Agent) -> None:
+        """Declare the agent's dead-letter topic (raw bytes: records go there unchanged),
+        so that it is created with the app's topics and `t.read()` finds it."""
+        settings = self.settings
+        on_error = agent.on_error or settings.on_error
+        if "dead_letter" not in (on_error, settings.on_decode_error):
+            return
+        name = agent.dead_letter or settings.dead_letter_topic
+        if name not in self.topics:
+            self.topic(name, partitions=agent.topic.partitions, key_type="raw", value_type="raw")
 
     def _check_copartitioned(self, spec: AppSpec) -> None:
         counts = {name: spec.topics[name].partitions for name in spec.source_topics()}

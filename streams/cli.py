@@ -33,13 +33,14 @@ import orjson
 
 from runtime.errors import (
     ConfigurationError,
-    DatabaseError,
     InvalidRequestError,
     StreamsError,
     UnknownTopicError,
+    exit_code,
 )
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
+from runtime.worker.failures import write_failure
 from runtime.worker.supervisor import Supervisor
 from runtime.worker.tables import TableState
 from runtime.worker.windows import WindowedState
@@ -490,9 +491,12 @@ def _worker(args: argparse.Namespace) -> int:
     except StreamsError as exc:
         if args.debug:
             raise
-        print(f"streams: error: {exc}", file=sys.stderr)
+        line = f"streams: error: {exc}"
+        print(line, file=sys.stderr)
+        write_failure(line)  # where the supervisor sees that a restart stops at it again
         # A setting or the broker is wrong: restarting will not help; the supervisor stops.
-        return EXIT_CONFIG if isinstance(exc, (ConfigurationError, DatabaseError)) else 1
+        # A record that cannot be processed: EXIT_DATAERR (runtime.errors.exit_code).
+        return exit_code(exc)
     return 0
 
 

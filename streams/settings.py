@@ -15,16 +15,17 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from runtime.errors import ConfigurationError
 from runtime.transport import Transport, connect
+from runtime.worker.failures import DECODE_POLICIES, POLICIES
 
 DEFAULT_BROKER = "sqlite:///streams.db"
 GUARANTEES = ("exactly_once", "at_least_once")
-DECODE_POLICIES = ("skip", "stop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,12 @@ def _json_object(text: str) -> dict[str, Any] | None:
 def _text(value: Any) -> str:
     """A setting given in code as the text its parser reads (mappings as JSON)."""
     return json.dumps(dict(value)) if isinstance(value, Mapping) else str(value)
+
+
+def _topic_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text) or text in (".", ".."):
+        raise ValueError("must be a topic name: 1-249 characters of [A-Za-z0-9._-]")
+    return text
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -129,12 +136,29 @@ SETTINGS: tuple[Setting, ...] = (
         "Records fetched per poll.",
     ),
     Setting(
+        "on_error",
+        "STREAMS_ON_ERROR",
+        lambda app: "fail",
+        _choice(POLICIES),
+        "A record that cannot be processed (undecodable, or its agent or group_by raises): "
+        "'fail' stops the worker naming topic[partition]@offset, 'skip' logs and counts it, "
+        "'dead_letter' sends it unchanged to the dead-letter topic. Agents may override it "
+        "(@app.stream(..., on_error=...)).",
+    ),
+    Setting(
         "on_decode_error",
         "STREAMS_ON_DECODE_ERROR",
-        lambda app: "stop",
+        lambda app: None,
         _choice(DECODE_POLICIES),
-        "What to do with a value the codec cannot decode: 'stop' the worker with the "
-        "record's topic/partition/offset, or 'skip' it (logged and counted).",
+        "The policy for records the codecs cannot decode, if not on_error's: 'fail' (or "
+        "'stop'), 'skip' or 'dead_letter'.",
+    ),
+    Setting(
+        "dead_letter_topic",
+        "STREAMS_DEAD_LETTER_TOPIC",
+        lambda app: f"{app}-dead-letter",
+        _topic_name,
+        "Where on_error='dead_letter' sends records (unless an agent names its own).",
     ),
     Setting(
         "transaction_timeout_ms",
@@ -179,7 +203,9 @@ class Settings:
     commit_every: int
     state_dir: str
     max_poll_records: int
-    on_decode_error: str
+    on_error: str
+    on_decode_error: str | None
+    dead_letter_topic: str
     transaction_timeout_ms: int
     session_timeout_ms: int
     table_standby_replicas: int

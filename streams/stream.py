@@ -201,11 +201,13 @@ class Stream:
             raise Discovered(self)
         while True:
             values: list[Any] = []
+            taken: list[Event] = []
             deadline = None
             while len(values) < n:
                 event = self._available()
                 if event is not None:
                     values.append(event.value)
+                    taken.append(event)
                     if deadline is None and within is not None:
                         deadline = time.monotonic() + within
                     continue
@@ -215,7 +217,9 @@ class Stream:
                 # Taken values not yet processed are "held": the worker asks for them
                 # (flushing) before it commits, so their offsets never commit first.
                 await inbox.wait(holding=bool(values))
+            inbox.taken = taken  # if the agent fails on this list, each of them failed
             yield values
+            inbox.taken = None
 
     async def branch(
         self,

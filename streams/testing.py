@@ -115,7 +115,12 @@ class TestRun:
 
     async def read(self, topic: Any) -> list[Event]:
         """Every committed record of `topic`, decoded, in partition then offset order."""
-        declared = self.app.topics[topic if isinstance(topic, str) else topic.name]
+        name = topic if isinstance(topic, str) else topic.name
+        declared: Any = self.app.topics.get(name)
+        if declared is None and self.worker is not None:  # e.g. the dead-letter topic of
+            declared = self.worker.spec.topics.get(name)  # an on_error given to testing()
+        if declared is None:
+            raise AppError(f"topic {name!r} is not a topic of app {self.app.id!r}")
         assert self.transport is not None
         events = [
             Event(

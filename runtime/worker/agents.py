@@ -9,6 +9,11 @@ over costs a few microseconds per batch, not per event.
     runner = AgentRunner(spec, emit)
     runner.start()
     await runner.process(events)      # returns when the agent has processed them all
+    await runner.restart()            # a fresh run over a fresh inbox (after an abort)
+
+An agent that raises fails its task: `process` raises AgentError carrying the events that
+failed (the event being processed, or every event of the take() list being processed), so
+the worker can apply the agent's on_error policy to them.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ current_agent: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextV
 class Inbox:
     """The events handed to one agent, and the hand-over between it and the worker."""
 
-    __slots__ = ("_idle", "_more", "current", "events", "flushing", "holding", "pos")
+    __slots__ = ("_idle", "_more", "current", "events", "flushing", "holding", "pos", "taken")
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.pos = 0
         self.current: Event | None = None  # the event the agent is processing
+        self.taken: list[Event] | None = None  # the events of the take() list it processes
         self.holding = False  # the agent waits with events taken but not processed (take())
         self.flushing = False  # the worker asks held events to be processed now
         self._more: asyncio.Future[None] | None = None
@@ -83,6 +89,7 @@ class AgentRunner:
         self._emit = emit
         self.task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
+        self.stage = "agent"  # "sink" while its output is being encoded
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(
@@ -95,7 +102,13 @@ class AgentRunner:
         result = self.spec.run(self.inbox)
         if inspect.isasyncgen(result):
             async for output in result:
-                self._emit(self, output)
+                try:
+                    self._emit(self, output)
+                except Exception:
+                    self.stage = "sink"  # the output could not be encoded
+                    with contextlib.suppress(Exception):
+                        await result.aclose()
+                    raise
         else:
             await result  # type: ignore[misc]
 
@@ -104,18 +117,25 @@ class AgentRunner:
             self.inbox.fail(AgentStoppedError(f"agent {self.spec.name!r} was cancelled"))
             return
         exc = task.exception()
-        event = self.inbox.current
-        where = (
-            f" at {event.topic}[{event.partition}]@{event.offset} (key {event.key!r})"
-            if event is not None
-            else ""
-        )
+        failed = self.inbox.taken or ([] if self.inbox.current is None else [self.inbox.current])
+        event = failed[-1] if failed else None
+        where = ""
+        if event is not None:
+            where = f" at {event.topic}[{event.partition}]@{event.offset} (key {_short(event.key)})"
+            if len(failed) > 1:
+                where += f" processing a take() list of {len(failed)} events"
         if exc is None:
             error: BaseException = AgentStoppedError(
                 f"agent {self.spec.name!r} returned{where}; agents must keep iterating their stream"
             )
         else:
-            error = AgentError(f"agent {self.spec.name!r} raised {exc!r}{where}")
+            doing = "failed encoding its output" if self.stage == "sink" else "failed"
+            error = AgentError(
+                f"agent {self.spec.name!r} {doing}{where}: {exc!r}",
+                events=failed,
+                agent=self.spec.name,
+                stage=self.stage,
+            )
             error.__cause__ = exc
         self.error = error
         self.inbox.fail(error)
@@ -135,3 +155,18 @@ class AgentRunner:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task  # its error, if any, is already in self.error
+
+    async def restart(self) -> None:
+        """Run the agent afresh: a new call of its function over a new inbox. After an
+        aborted cycle, so that nothing it held or computed from that cycle's events (a take()
+        list, local variables) survives; as a restarted worker would."""
+        await self.stop()
+        self.inbox = Inbox()
+        self.error = None
+        self.stage = "agent"
+        self.start()
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

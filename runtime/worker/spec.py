@@ -41,6 +41,7 @@ class RepartitionSpec:
     target: str
     ops: list[Op]  # applied before keying
     key_fn: Callable[[Any], Any] | None
+    agent: str = ""  # the agent whose group_by this is (its on_error applies)
 
 
 @dataclasses.dataclass
@@ -49,6 +50,8 @@ class AgentSpec:
     topic: str  # the topic whose events reach the agent (a repartition topic after group_by)
     run: Callable[[Any], AsyncIterator[Any] | Awaitable[None]]  # called with the Inbox
     sinks: list[str]
+    on_error: str | None = None  # fail | skip | dead_letter; None: the app's setting
+    dead_letter: str | None = None  # its dead-letter topic; None: the app's
 
 
 @dataclasses.dataclass(frozen=True)

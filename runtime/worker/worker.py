@@ -16,6 +16,7 @@ One worker per process (or several in one process, for tests). Its loop:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import sys
@@ -25,15 +26,25 @@ from typing import Any, Protocol
 
 from runtime.errors import (
     AgentError,
+    AppError,
     ConfigurationError,
     RecordDecodeError,
     StreamsError,
+    TableKeyNotOwnedError,
+    TableWriteOutsideAgentError,
     TopicExistsError,
 )
 from runtime.transport import READ_COMMITTED, Transport
 from runtime.types import Event, Record, TopicPartition
 from runtime.worker.agents import AgentRunner
 from runtime.worker.commit import CommitCycle
+from runtime.worker.failures import (
+    AgentPolicy,
+    agent_policies,
+    dead_letter_headers,
+    one_line,
+    where,
+)
 from runtime.worker.ops import chain
 from runtime.worker.slots import Slot
 from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
@@ -60,7 +71,11 @@ class WorkerSettings(Protocol):
     @property
     def max_poll_records(self) -> int: ...
     @property
-    def on_decode_error(self) -> str: ...
+    def on_error(self) -> str: ...
+    @property
+    def on_decode_error(self) -> str | None: ...
+    @property
+    def dead_letter_topic(self) -> str: ...
     @property
     def transaction_timeout_ms(self) -> int: ...
     @property
@@ -94,6 +109,11 @@ class Worker:
         self._windowed = [t for t in self.tables.values() if isinstance(t, WindowedState)]
         self._idle_closing = [t for t in self._windowed if t.window.idle_close is not None]
         self.runners = [AgentRunner(a, self._emit, self.tables) for a in spec.agents]
+        self.policies: dict[str, AgentPolicy] = agent_policies(spec, settings)
+        # records an agent failed on in this cycle, set aside until their offsets commit:
+        # partition -> offset -> agent -> (stage, exception)
+        self._set_aside: dict[TopicPartition, dict[int, dict[str, tuple[str, Exception]]]] = {}
+        self._commit_soon = False  # commit at the end of this poll (a set-aside record passed)
         self.routes: dict[str, list[AgentRunner | RepartitionSpec]] = {}
         for runner in self.runners:
             self.routes.setdefault(runner.spec.topic, []).append(runner)
@@ -110,7 +130,11 @@ class Worker:
             str, dict[tuple[type, Any], bytes]
         ] = {}  # encoded output keys, per sink
         self.events_processed = 0
-        self.decode_errors = 0
+        # committed records that could not be processed (an aborted cycle's do not count):
+        self.decode_errors = 0  # undecodable records skipped or dead-lettered
+        self.skipped = 0  # records skipped by on_error="skip" (decode errors included)
+        self.dead_letters = 0  # records sent to a dead-letter topic
+        self._failures = collections.Counter[str]()  # the same, in the open cycle
         self.started = False
 
     # --- start and stop -----------------------------------------------------------------
@@ -250,9 +274,11 @@ class Worker:
             try:
                 for tp, records in batch.items():
                     processed += await self._process(tp, records)
-            except BaseException:
+            except BaseException as exc:
                 await self._abort()
-                raise
+                if not await self._setting_aside(exc):
+                    raise
+                return 0
             self.events_processed += processed
             self._since_commit += processed
         now = time.monotonic()
@@ -264,7 +290,8 @@ class Worker:
             self._standby_due = now + STANDBY_INTERVAL_S
             await self._tail_standbys()
         due = now - self._last_commit >= self.settings.commit_interval
-        if self.cycle.open and (due or self._since_commit >= self.settings.commit_every):
+        soon, self._commit_soon = self._commit_soon, False
+        if self.cycle.open and (due or soon or self._since_commit >= self.settings.commit_every):
             await self.commit()
         return processed
 
@@ -275,13 +302,20 @@ class Worker:
             for runner in self.runners:
                 await runner.flush()  # events held by take() are processed before a commit
             await self.cycle.commit()
-        except StreamsError:
+        except StreamsError as exc:
             await self._abort()
-            raise
+            if not await self._setting_aside(exc):
+                raise
+            return
         self._last_commit = time.monotonic()
         self._since_commit = 0
+        if self._failures:
+            self._count_failures()
+        if self._set_aside:
+            self._forget_set_aside()
 
     async def _abort(self) -> None:
+        self._failures.clear()
         try:
             await self.cycle.abort()
         except StreamsError as exc:
@@ -289,39 +323,56 @@ class Worker:
 
     # --- processing ---------------------------------------------------------------------
 
-    def _decode(self, topic: TopicSpec, records: list[Record]) -> list[Event]:
+    def _decode(
+        self, topic: TopicSpec, records: list[Record]
+    ) -> tuple[list[Event], list[tuple[Record, Exception]]]:
+        """The records as events, and those that could not be decoded (with why)."""
         decode_key, decode_value = topic.key.decode, topic.value.decode
         events = []
+        bad: list[tuple[Record, Exception]] = []
         for r in records:
             try:
                 key = None if r.key is None else decode_key(r.key)
+            except (ValueError, TypeError) as exc:
+                bad.append((r, _DecodeFailure("key", topic.key.name, exc)))
+                continue
+            try:
                 value = None if r.value is None else decode_value(r.value)
             except (ValueError, TypeError) as exc:
-                where = f"{r.topic}[{r.partition}]@{r.offset}"
-                if self.settings.on_decode_error == "stop":
-                    raise RecordDecodeError(
-                        f"cannot decode the record at {where} with codecs "
-                        f"{topic.key.name}/{topic.value.name}: {exc}"
-                    ) from exc
-                self.decode_errors += 1
-                log.warning("skipping undecodable record at %s: %s", where, exc)
+                bad.append((r, _DecodeFailure("value", topic.value.name, exc)))
                 continue
             events.append(Event(key, value, r.headers, r.timestamp, r.topic, r.partition, r.offset))
-        return events
+        return events, bad
 
     async def _process(self, tp: TopicPartition, records: list[Record]) -> int:
         routes = self.routes.get(tp.topic)
         if not routes:
             return 0
-        events = self._decode(self.spec.topics[tp.topic], records)
+        set_aside = self._set_aside.get(tp)
+        if set_aside:
+            records = self._up_to_set_aside(tp, records, set_aside)
+        events, bad = self._decode(self.spec.topics[tp.topic], records)
+        if bad:
+            self._failures["decode_errors"] += len(bad)
         for route in routes:
             if isinstance(route, RepartitionSpec):
-                self._repartition(route, events)
+                policy = self.policies[route.agent] if route.agent else None
+                for record, failure in bad:
+                    self._failed(route.agent, policy, "decode", record, failure)
+                self._repartition(route, events, records)
+                continue
+            name = route.spec.name
+            for record, failure in bad:
+                self._failed(name, self.policies[name], "decode", record, failure)
+            if set_aside:
+                await route.process(self._without_set_aside(name, set_aside, events, records))
             else:
                 await route.process(events)
         return len(records)
 
-    def _repartition(self, step: RepartitionSpec, events: list[Event]) -> None:
+    def _repartition(
+        self, step: RepartitionSpec, events: list[Event], records: list[Record]
+    ) -> None:
         target = self.spec.topics[step.target]
         encode_key, encode_value = target.key.encode, target.value.encode
         produce = self.producer.produce
@@ -329,18 +380,20 @@ class Worker:
         values_of = chain(step.ops)
         for event in events:
             try:
-                values = values_of(event.value)  # none when filtered, several after a flat_map
-            except Exception as exc:
-                raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
-            for value in values:
-                try:
+                # every value the event becomes, encoded before any is produced: a failure
+                # on its third value must not leave the first two in the repartition topic
+                out = []
+                for value in values_of(event.value):  # none if filtered, several (flat_map)
                     if key_fn is None:  # through(): the event's own key
                         key_bytes = None if event.key is None else encode_key(event.key)
                     else:
                         key_bytes = encode_key(key_fn(value))
-                    value_bytes = encode_value(value)
-                except Exception as exc:
-                    raise _event_error(f"re-keying for {step.target!r}", event, exc) from exc
+                    out.append((key_bytes, encode_value(value)))
+            except Exception as exc:
+                policy = self.policies[step.agent] if step.agent else None
+                self._failed(step.agent, policy, "group_by", _record_at(records, event), exc)
+                continue
+            for key_bytes, value_bytes in out:
                 produce(
                     step.target,
                     value_bytes,
@@ -361,6 +414,129 @@ class Worker:
                 None if output is None else sink.value.encode(output),
                 None if key is None else self._sink_key(name, sink, key),
             )
+
+    # --- records that cannot be processed (runtime/worker/failures.py) -------------------
+
+    def _failed(
+        self,
+        agent: str,
+        policy: AgentPolicy | None,
+        stage: str,
+        record: Record,
+        exc: Exception,
+    ) -> None:
+        """Apply the agent's policy to a record it cannot process: raise RecordError (fail),
+        log and count it (skip), or send it unchanged to the dead-letter topic in this
+        cycle's transaction (dead_letter)."""
+        if policy is None:
+            action = "fail"
+        else:
+            action = policy.on_decode_error if stage == "decode" else policy.on_error
+        cause = exc.__cause__ if isinstance(exc, _DecodeFailure) else exc
+        assert isinstance(cause, BaseException)
+        line = f"{_describe(agent, stage, exc)} at {where(record)}: {_reason(exc)}"
+        if action == "fail":
+            error_type = RecordDecodeError if stage == "decode" else AgentError
+            raise error_type(line, events=[record], agent=agent, stage=stage) from cause
+        if action == "skip":
+            self._failures["skipped"] += 1
+            log.warning("%s; skipped (on_error=skip%s)", line, _of_agent(agent, stage))
+            return
+        assert policy is not None and policy.dead_letter is not None
+        topic = policy.dead_letter
+        self._failures["dead_letters"] += 1
+        self.producer.produce(
+            topic.name,
+            record.value,
+            record.key,
+            partition=record.partition % topic.partitions,
+            headers=dead_letter_headers(record, agent, stage, cause),
+            timestamp=record.timestamp,
+        )
+        log.warning("%s; sent to %s%s", line, topic.name, _of_agent(agent, stage))
+
+    async def _setting_aside(self, exc: BaseException) -> bool:
+        """After an aborted cycle: if an agent failed on records and its policy is skip or
+        dead_letter, remember them (the redone cycle passes them to the policy instead of
+        the agent) and restart every agent afresh; True then. False: the error stands."""
+        if not isinstance(exc, AgentError) or not exc.events or exc.agent is None:
+            return False
+        policy = self.policies.get(exc.agent)
+        cause = exc.__cause__
+        if policy is None or policy.on_error == "fail" or not isinstance(cause, Exception):
+            return False
+        if _not_the_records(cause):
+            return False  # the app's topology or the broker: no record is at fault
+        for event in exc.events:
+            tp = TopicPartition(event.topic, event.partition)
+            agents = self._set_aside.setdefault(tp, {}).setdefault(event.offset, {})
+            if exc.agent in agents:
+                return False  # failed again although set aside: do not loop
+            agents[exc.agent] = (exc.stage, cause)
+        log.info("%s; redoing the cycle without it (on_error=%s)", exc, policy.on_error)
+        for runner in self.runners:
+            await runner.restart()
+        return True
+
+    def _up_to_set_aside(
+        self,
+        tp: TopicPartition,
+        records: list[Record],
+        set_aside: dict[int, dict[str, tuple[str, Exception]]],
+    ) -> list[Record]:
+        """The records of `tp` up to its last set-aside one; the consumer goes back to the
+        one after it, and the cycle commits at the end of this poll. So a redone cycle ends
+        right after the record that failed, and a next failing record redoes only what
+        follows it."""
+        if not records:
+            return records
+        first, last = records[0].offset, records[-1].offset
+        cut = max((o for o in set_aside if first <= o <= last), default=None)
+        if cut is None or cut == last:
+            if cut is not None:
+                self._commit_soon = True
+            return records
+        self.consumer.seek(tp, cut + 1)
+        self._commit_soon = True
+        return [r for r in records if r.offset <= cut]
+
+    def _without_set_aside(
+        self,
+        agent: str,
+        set_aside: dict[int, dict[str, tuple[str, Exception]]],
+        events: list[Event],
+        records: list[Record],
+    ) -> list[Event]:
+        """`events` without those `agent` failed on, which get its policy instead."""
+        kept = []
+        for event in events:
+            failed = set_aside.get(event.offset, {}).get(agent)
+            if failed is None:
+                kept.append(event)
+                continue
+            stage, exc = failed
+            self._failed(agent, self.policies[agent], stage, _record_at(records, event), exc)
+        return kept
+
+    def _count_failures(self) -> None:
+        self.decode_errors += self._failures["decode_errors"]
+        self.skipped += self._failures["skipped"]
+        self.dead_letters += self._failures["dead_letters"]
+        self._failures.clear()
+
+    def _forget_set_aside(self) -> None:
+        """Drop set-aside records whose offsets are committed (or no longer ours)."""
+        assignment = self.consumer.assignment()
+        for tp in list(self._set_aside):
+            if tp not in assignment:
+                del self._set_aside[tp]
+                continue
+            position = self.consumer.position(tp)
+            offsets = self._set_aside[tp]
+            for offset in [o for o in offsets if o < position]:
+                del offsets[offset]
+            if not offsets:
+                del self._set_aside[tp]
 
     def _sink_key(self, name: str, sink: TopicSpec, key: Any) -> bytes:
         """The encoded output key, cached per sink; by (type, key), since 1, 1.0 and True are
@@ -581,11 +757,47 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _event_error(doing: str, event: Event, exc: Exception) -> AgentError:
-    return AgentError(
-        f"{doing} raised {exc!r} at {event.topic}[{event.partition}]@{event.offset} "
-        f"(key {event.key!r})"
-    )
+class _DecodeFailure(Exception):
+    """Why a record could not be decoded (its cause is the codec's exception)."""
+
+    def __init__(self, part: str, codec: str, exc: Exception) -> None:
+        super().__init__(str(exc))
+        self.part, self.codec = part, codec
+        self.__cause__ = exc
+
+
+def _describe(agent: str, stage: str, exc: Exception) -> str:
+    if isinstance(exc, _DecodeFailure):
+        return f"cannot decode the {exc.part} (codec {exc.codec})"
+    if stage == "group_by":
+        return f"agent {agent!r}: its group_by failed"
+    if stage == "sink":
+        return f"agent {agent!r} failed encoding its output"
+    return f"agent {agent!r} failed"
+
+
+def _of_agent(agent: str, stage: str) -> str:
+    return f", agent {agent!r}" if stage == "decode" else ""
+
+
+def _reason(exc: Exception) -> str:
+    return one_line(str(exc)) if isinstance(exc, _DecodeFailure) else one_line(repr(exc))
+
+
+def _not_the_records(exc: BaseException) -> bool:
+    """Errors that say the app's topology or the broker is wrong, not the record: they stop
+    the worker whatever the policy."""
+    if isinstance(exc, (TableKeyNotOwnedError, TableWriteOutsideAgentError)):
+        return True
+    return isinstance(exc, StreamsError) and not isinstance(exc, AppError)
+
+
+def _record_at(records: list[Record], event: Event) -> Record:
+    """The record an event was decoded from (a rare path: failures only)."""
+    for record in records:
+        if record.offset == event.offset:
+            return record
+    raise AppError(f"no record at {where(event)} in this batch")  # cannot happen
 
 
 __all__ = ["Worker", "WorkerSettings"]

@@ -207,7 +207,9 @@ def test_settings_defaults() -> None:
     assert s.broker == "sqlite:///streams.db"  # as every `streams` command
     assert s.state_dir == "shop-state"
     assert s.processing_guarantee == "exactly_once" and s.exactly_once
-    assert (s.commit_interval, s.on_decode_error, s.default_partitions) == (0.1, "stop", 4)
+    assert (s.commit_interval, s.default_partitions) == (0.1, 4)
+    assert (s.on_error, s.on_decode_error) == ("fail", None)  # decode errors: as on_error
+    assert s.dead_letter_topic == "shop-dead-letter"
 
 
 def test_settings_given_in_code_are_parsed() -> None:
@@ -255,6 +257,8 @@ def test_app_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("processing_guarantee", "maybe_once"),
         ("on_decode_error", "ignore"),
+        ("on_error", "ignore"),
+        ("dead_letter_topic", "no spaces"),
         ("commit_interval", "0"),
         ("commit_interval", "-1"),
         ("commit_interval", "soon"),
