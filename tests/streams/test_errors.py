@@ -604,3 +604,31 @@ def test_every_kind_of_bad_record_once_in_the_dead_letters(
                 assert (stages[kind], value if kind == "no total" else original) in letters
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("policy", ["skip", "dead_letter"])
+async def test_a_flat_map_before_group_by_failing_midway_leaves_nothing_of_its_event(
+    policy: str,
+) -> None:
+    """The repartition step encodes every value an event becomes before producing any: an
+    event whose flat_map fails on its second element has none of its elements forwarded."""
+    app = streams.App("split", on_error=policy)
+    numbers = app.topic("numbers", partitions=1)
+    out = app.topic("out", partitions=1)
+
+    def twice(n: int) -> Any:
+        yield n
+        if n == 3:
+            raise ValueError("no second three")
+        yield n
+
+    @app.stream(numbers, sink=[out])
+    async def agent(stream: streams.Stream) -> Any:
+        async for n in stream.flat_map(twice).group_by(lambda n: n % 2, name="by-parity"):
+            yield n
+
+    async with app.testing() as t:
+        await t.send_many("numbers", range(5))
+        await t.drain()
+        forwarded = sorted(e.value for e in await t.read("out"))
+    assert forwarded == [0, 0, 1, 1, 2, 2, 4, 4]
