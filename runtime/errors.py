@@ -33,6 +33,10 @@ class ConfigurationError(StreamsError):
     """A setting, URL or argument is invalid."""
 
 
+class TopologyError(ConfigurationError):
+    """The topics on the broker do not fit the app (a partition count, a lost changelog)."""
+
+
 class BrokerUnavailableError(StreamsError):
     """The broker cannot be reached or opened."""
 

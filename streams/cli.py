@@ -21,19 +21,23 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.errors import ConfigurationError, DatabaseError, StreamsError
+from runtime.errors import ConfigurationError, StreamsError, exit_code
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
+from runtime.worker.parent import die_with_parent, parent_gone
+from runtime.worker.slots import SUPERVISOR_ENV
 from runtime.worker.supervisor import Supervisor
 from runtime.worker.tables import TableState
 from runtime.worker.windows import WindowedState
 from streams.app import App
 
 DEFAULT_BROKER = "sqlite:///streams.db"
-EXIT_CONFIG = 78  # EX_CONFIG: the supervisor does not restart a worker that exits with it
+EXIT_WAIT_S = 5.0  # how long a failed worker waits for leftover threads before it exits anyway
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -234,22 +238,63 @@ def _worker(args: argparse.Namespace) -> int:
 
         return Supervisor(child, args.workers).run()
 
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0")) or None
+    if supervisor is not None:  # stop (cleanly) when the supervisor dies, even by kill -9
+        die_with_parent(signal.SIGTERM)
+        if parent_gone(supervisor):
+            return 0
+
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await app.run(stop, slot=args.child)
+        watch = None if supervisor is None else asyncio.ensure_future(_watch(supervisor, stop))
+        try:
+            await app.run(stop, slot=args.child)
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     try:
         asyncio.run(serve())
     except StreamsError as exc:
         if args.debug:
             raise
+        # one line; the code tells the supervisor what to do (78: stop, 75: retry later)
         print(f"streams: error: {exc}", file=sys.stderr)
-        # A setting or the broker is wrong: restarting will not help; the supervisor stops.
-        return EXIT_CONFIG if isinstance(exc, (ConfigurationError, DatabaseError)) else 1
+        return _exit_bounded(exit_code(exc))
+    except Exception:  # a bug, not a condition we name: its traceback, and no hang either
+        if args.debug:
+            raise
+        logging.getLogger(__name__).exception("worker %s failed", args.child)
+        return _exit_bounded(1)
     return 0
+
+
+async def _watch(supervisor: int, stop: asyncio.Event) -> None:
+    """Stop the worker (cleanly) once its supervisor is gone: where the kernel does not
+    signal it, and for the moment before the signal was set up."""
+    while not stop.is_set():
+        if parent_gone(supervisor):
+            logging.getLogger(__name__).warning("the supervisor is gone: stopping")
+            stop.set()
+        await asyncio.sleep(1.0)
+
+
+def _exit_bounded(code: int) -> int:
+    """Return `code`, or exit with it at once if threads a failure left behind (a client's
+    background thread) do not end within EXIT_WAIT_S: a failed worker never hangs."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logging.getLogger(__name__).error("thread %s did not end: exiting", thread.name)
+                sys.stderr.flush()
+                sys.stdout.flush()
+                os._exit(code)
+    return code
 
 
 async def _preflight(app: App) -> None:

@@ -4,9 +4,9 @@ Rows and the changelog offset they reflect (the checkpoint) are written in one S
 transaction, after the broker transaction that wrote the same changes to the changelog has
 committed. So the store always equals a committed prefix of the changelog, even after
 `kill -9`; restoring reads the changelog from the checkpoint to its end. The log stays the
-truth: a checkpoint that does not fit the changelog (behind its start) is discarded and the
-partition rebuilt from the changelog alone, and a store file that is not a readable SQLite
-database (corrupt, truncated, overwritten) is deleted and rebuilt the same way.
+truth: a checkpoint that does not fit the changelog (ahead of its end, behind its start) is
+discarded and the partition rebuilt from the changelog alone, and a store file that is not a
+readable SQLite database (corrupt, truncated, overwritten) is deleted and rebuilt the same way.
 
     store = await StateStore.open("wordcount-state/worker-0")
     rows, checkpoint = await store.load("counts", 3)

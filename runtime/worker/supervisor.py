@@ -3,8 +3,10 @@
     supervisor = Supervisor(lambda slot: [sys.executable, "-m", "streams.cli", ...], workers=3)
     sys.exit(supervisor.run())
 
-A worker that exits (crash, `kill -9`) is started again in the same slot after a backoff that
-doubles from 0.25 s to 10 s, and resets once the worker has run for 10 s. On SIGTERM or SIGINT
+A worker that exits (crash, `kill -9`, a resource short: exit 75) is started again in the same
+slot after a backoff that doubles from 0.25 s to 10 s, and resets once the worker has run for
+10 s. A worker that exits with 78 (configuration) stops the supervisor, which then exits 78.
+Workers get STREAMS_SUPERVISOR_PID, so that they stop when the supervisor dies. On SIGTERM or SIGINT
 every worker gets SIGTERM (finish and commit the current transaction, leave the group, exit 0);
 a worker still running after `grace` seconds is killed. The supervisor exits 0 when every
 worker stopped cleanly.
@@ -13,15 +15,18 @@ worker stopped cleanly.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
 from types import FrameType
 
+from runtime.errors import EXIT_CONFIG, EXIT_TEMPFAIL
+from runtime.worker.slots import SUPERVISOR_ENV
+
 log = logging.getLogger(__name__)
 
-EXIT_CONFIG = 78  # a worker that exits with this cannot succeed by restarting: stop
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 10.0
 HEALTHY_AFTER_S = 10.0
@@ -48,7 +53,8 @@ class Supervisor:
         self.failed = False
 
     def _start(self, child: _Child) -> None:
-        child.process = subprocess.Popen(self.command(child.slot))
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        child.process = subprocess.Popen(self.command(child.slot), env=env)
         child.started = time.monotonic()
         log.info("worker %d started (pid %d)", child.slot, child.process.pid)
 
@@ -80,16 +86,20 @@ class Supervisor:
                     child.backoff = BACKOFF_START_S
                 continue
             if process is not None and process.returncode == EXIT_CONFIG:
-                log.error("worker %d cannot run (configuration error): stopping", child.slot)
+                # the worker said why on its stderr, in one line
+                log.info(
+                    "worker %d exited with %d (configuration): stopping", child.slot, EXIT_CONFIG
+                )
                 self.stopping = True
                 self.failed = True
                 return
             if process is not None:
                 log.warning(
-                    "worker %d (pid %d) exited with %s; restarting in %.1f s",
+                    "worker %d (pid %d) exited with %s%s; restarting in %.1f s",
                     child.slot,
                     process.pid,
                     process.returncode,
+                    " (a resource is short)" if process.returncode == EXIT_TEMPFAIL else "",
                     child.backoff,
                 )
                 child.process = None
@@ -117,4 +127,6 @@ class Supervisor:
             # -SIGTERM: a worker still starting up (no handler installed yet, so nothing
             # processed and nothing to commit) was stopped by our SIGTERM: also clean.
             clean &= process.returncode in (0, -signal.SIGTERM)
-        return 0 if clean and not self.failed else 1
+        if self.failed:
+            return EXIT_CONFIG
+        return 0 if clean else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -204,7 +205,7 @@ def test_settings_defaults_derive_from_the_app_id() -> None:
     """Without arguments or environment, settings take their documented defaults."""
     s = streams.Settings.resolve("shop", {}, environ={})
     assert s.broker == "sqlite:///shop.db"
-    assert s.state_dir == "shop-state"
+    assert s.state_dir == os.path.abspath("shop-state")  # beside the broker file shop.db
     assert s.processing_guarantee == "exactly_once" and s.exactly_once
     assert (s.commit_interval, s.on_decode_error, s.default_partitions) == (0.1, "stop", 4)
 
