@@ -15,6 +15,7 @@ readable SQLite database (corrupt, truncated, overwritten) is deleted and rebuil
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -144,8 +145,11 @@ class StateStore:
                 [(t, p, offset) for (t, p), offset in checkpoints.items()],
             )
             await self.conn.execute("COMMIT")
-        except BaseException:
-            await self.conn.execute("ROLLBACK")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):  # e.g. the disk is full: typed, and retried
+                raise _store_error(exc, self.path) from exc
             raise
 
     async def wipe(self, table: str, partition: int) -> None:

@@ -258,6 +258,7 @@ class Worker:
         self._timers = []
         self._clean = close_producer
         resources, self._resources = self._resources, contextlib.AsyncExitStack()
+        self._standby_reader = None
         await resources.aclose()
 
     async def _close_producer(self) -> None:

@@ -363,3 +363,22 @@ def test_a_locked_store_makes_the_worker_exit_75_and_retry_until_it_works(
     assert "exited with 75 (a resource is short); restarting in 0.5 s" in text  # backoff
     outputs, table = committed(db)
     assert_exactly_once(words, outputs, table, seed=7, events=len(words))
+
+
+async def test_a_full_disk_under_the_store_is_a_resource_error(tmp_path: Path) -> None:
+    """SQLite's "database or disk is full" while saving a checkpoint is a DiskFullError (a
+    ResourceError: the worker exits 75 and is retried), not an untyped traceback; the store
+    keeps its last checkpoint."""
+    from runtime.errors import DiskFullError, exit_code
+    from runtime.worker.store import StateStore
+
+    store = await StateStore.open(str(tmp_path / "worker-0"))
+    try:
+        await store.save([("t", 0, b"k", b"v")], {("t", 0): 1})
+        await store.conn.execute("PRAGMA max_page_count = 8")  # a disk with no room left
+        with pytest.raises(DiskFullError) as failure:
+            await store.save([("t", 0, b"big", b"x" * 100_000)], {("t", 0): 2})
+        assert exit_code(failure.value) == 75
+        assert await store.load("t", 0) == ({b"k": b"v"}, 1)
+    finally:
+        await store.close()
