@@ -20,6 +20,7 @@ from typing import Any
 
 from runtime.errors import ConfigurationError
 from runtime.transport import Transport, connect
+from runtime.worker.store import MEMORY
 
 GUARANTEES = ("exactly_once", "at_least_once")
 DECODE_POLICIES = ("skip", "stop")
@@ -77,7 +78,7 @@ def default_state_dir(app_id: str, broker: str) -> str:
     """
     scheme = broker.partition("://")[0]
     if scheme == "memory":
-        return ":memory:"
+        return MEMORY
     if scheme == "sqlite":
         path = broker.split("://", 1)[1].split("?", 1)[0][1:]
         return os.path.join(os.path.dirname(os.path.abspath(path)), f"{app_id}-state")
@@ -220,7 +221,7 @@ class Settings:
                 parsed[name] = _BY_NAME[name].parse(_text(value))
             except ValueError as exc:
                 raise ConfigurationError(f"bad {name}={value!r}: {exc}") from exc
-        if "broker" in parsed and "state_dir" not in parsed:
+        if "broker" in parsed and "state_dir" not in parsed and self.state_dir != MEMORY:
             # a derived state dir follows the broker (the stores are caches of its topics)
             app_id = os.path.basename(self.state_dir).rsplit("-", 1)[0]  # <app>-state|<hash>
             if self.state_dir == default_state_dir(app_id, self.broker):

@@ -26,9 +26,9 @@ import fcntl
 import logging
 import os
 import socket
-from typing import Any
 
 from runtime.errors import ConfigurationError, DiskFullError, ResourceError, StreamsError
+from runtime.transport import Transport
 
 log = logging.getLogger(__name__)
 MAX_SLOTS = 1024
@@ -108,7 +108,7 @@ class Slot:
             self._fd = -1
 
 
-async def taken_slots(transport: Any, app_id: str, owner: str) -> dict[int, str]:
+async def taken_slots(transport: Transport, app_id: str, owner: str) -> dict[int, str]:
     """Slots of `app_id` that live members of its group hold for another, live owner."""
     try:
         group = await transport.describe_group(app_id)
@@ -133,7 +133,7 @@ async def taken_slots(transport: Any, app_id: str, owner: str) -> dict[int, str]
 
 
 async def claim_slot(
-    transport: Any, app_id: str, state_dir: str, preferred: int | None = None
+    transport: Transport, app_id: str, state_dir: str, preferred: int | None = None
 ) -> Slot:
     """The first slot free both in `state_dir` and in the broker (`preferred` first)."""
     owner = owner_id()

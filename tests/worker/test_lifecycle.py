@@ -284,8 +284,12 @@ def test_the_default_state_dir_depends_on_the_broker_not_the_directory(
     kafka = Settings.resolve("shop", {"broker": "kafka://h:9092"}, environ={}).state_dir
     assert kafka.startswith(str(tmp_path / "streams" / "shop-"))
     relative = Settings.resolve("shop", {"broker": "sqlite:///x.db"}, environ={})
-    moved = relative.override(broker=url)
+    moved = relative.override(broker=url)  # a derived state dir follows the broker
     assert moved.state_dir == str(tmp_path / "data" / "shop-state")
+    given = Settings.resolve("shop", {"broker": "sqlite:///x.db", "state_dir": "mine"}, environ={})
+    assert given.override(broker=url).state_dir == "mine"  # a given one does not
+    memory = Settings.resolve("shop", {"broker": "memory://"}, environ={})
+    assert memory.override(broker=url).state_dir == ":memory:"
 
 
 # --- a lost changelog -----------------------------------------------------------------------
