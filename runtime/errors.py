@@ -68,6 +68,11 @@ class DiskFullError(ResourceError):
     """The disk (or the file system) holding a database is full."""
 
 
+class StoreCorruptError(ResourceError):
+    """A worker's local store (a cache) turned out corrupt while in use: it was discarded,
+    and the restarted worker rebuilds it from the changelogs."""
+
+
 class DatabaseLockedError(DatabaseError, ResourceError):
     """The database stayed locked by another connection for longer than the busy timeout."""
 

@@ -29,6 +29,7 @@ from runtime.errors import (
     DatabaseLockedError,
     DiskFullError,
     ResourceError,
+    StoreCorruptError,
     StreamsError,
 )
 
@@ -98,6 +99,12 @@ class StateStore:
 
     async def load(self, table: str, partition: int) -> tuple[dict[bytes, bytes], int | None]:
         """The rows of one table partition and the changelog offset they reflect."""
+        try:
+            return await self._load(table, partition)
+        except sqlite3.DatabaseError as exc:
+            raise await self._failed(exc) from exc
+
+    async def _load(self, table: str, partition: int) -> tuple[dict[bytes, bytes], int | None]:
         cursor = await self.conn.execute(
             "SELECT changelog_offset FROM checkpoints WHERE tbl = ? AND partition = ?",
             (table, partition),
@@ -112,6 +119,12 @@ class StateStore:
 
     async def checkpoint(self, table: str, partition: int) -> int | None:
         """The changelog offset the stored rows of a partition reflect, if any."""
+        try:
+            return await self._checkpoint(table, partition)
+        except sqlite3.DatabaseError as exc:
+            raise await self._failed(exc) from exc
+
+    async def _checkpoint(self, table: str, partition: int) -> int | None:
         cursor = await self.conn.execute(
             "SELECT changelog_offset FROM checkpoints WHERE tbl = ? AND partition = ?",
             (table, partition),
@@ -149,11 +162,32 @@ class StateStore:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await self.conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):  # e.g. the disk is full: typed, and retried
-                raise _store_error(exc, self.path) from exc
+                raise await self._failed(exc) from exc
             raise
+
+    async def _failed(self, exc: sqlite3.Error) -> StreamsError:
+        """The typed error for a failed statement. A corrupt file is closed and discarded
+        now (rebuilding it while tables are loaded could checkpoint rows it lost): the
+        worker exits 75 and its restart rebuilds the store from the changelogs."""
+        if not _corrupt(exc) or self.path == MEMORY:
+            return _store_error(exc, self.path)
+        with contextlib.suppress(Exception):
+            await self.conn.close()
+        _discard(self.path)
+        log.warning("the local store %s is corrupt (%s): discarded", self.path, exc)
+        return StoreCorruptError(
+            f"the local store {self.path!r} is corrupt ({exc}): discarded; the worker "
+            "restarts and rebuilds it from the changelogs"
+        )
 
     async def wipe(self, table: str, partition: int) -> None:
         """Forget a partition (its checkpoint does not fit the changelog)."""
+        try:
+            await self._wipe(table, partition)
+        except sqlite3.DatabaseError as exc:
+            raise await self._failed(exc) from exc
+
+    async def _wipe(self, table: str, partition: int) -> None:
         await self.conn.execute("BEGIN IMMEDIATE")
         await self.conn.execute(
             "DELETE FROM rows WHERE tbl = ? AND partition = ?", (table, partition)

@@ -386,3 +386,32 @@ async def test_a_full_disk_under_the_store_is_a_resource_error(tmp_path: Path) -
         assert await store.load("t", 0) == ({b"k": b"v"}, 1)
     finally:
         await store.close()
+
+
+async def test_a_store_found_corrupt_in_use_is_discarded_for_the_restart(tmp_path: Path) -> None:
+    """Pages corrupted past the ones opening reads: the first read that meets them discards
+    the file and raises StoreCorruptError (exit 75: the restarted worker rebuilds the store
+    from the changelogs); it never serves or checkpoints a partial copy."""
+    from runtime.errors import StoreCorruptError, exit_code
+    from runtime.worker.store import StateStore
+
+    directory = str(tmp_path / "worker-0")
+    store = await StateStore.open(directory)
+    rows = [("t", 0, f"k{i}".encode(), b"v" * 50) for i in range(5000)]
+    await store.save(rows, {("t", 0): 5000})
+    await store.close()
+    path = Path(directory) / "store.db"
+    with path.open("r+b") as file:  # keep the header and the first pages, garble the rest
+        file.seek(5 * 4096)
+        file.write(random.Random(8).randbytes(path.stat().st_size - 5 * 4096))
+    store = await StateStore.open(directory)
+    with pytest.raises(StoreCorruptError) as failure:
+        await store.load("t", 0)
+    assert exit_code(failure.value) == 75
+    assert not path.exists()
+    await store.close()
+    store = await StateStore.open(directory)
+    try:
+        assert await store.load("t", 0) == ({}, None)
+    finally:
+        await store.close()
