@@ -29,6 +29,7 @@ import socket
 
 from runtime.errors import ConfigurationError, DiskFullError, ResourceError, StreamsError
 from runtime.transport import Transport
+from runtime.worker.store import MEMORY
 
 log = logging.getLogger(__name__)
 MAX_SLOTS = 1024
@@ -138,7 +139,14 @@ async def claim_slot(
     """The first slot free both in `state_dir` and in the broker (`preferred` first)."""
     owner = owner_id()
     taken = await taken_slots(transport, app_id, owner)
-    slot = Slot.claim(state_dir, preferred, frozenset(taken))
+    if state_dir == MEMORY:  # no directory to lock in: the broker's record alone
+        order = ([] if preferred is None else [preferred]) + list(range(MAX_SLOTS))
+        free = [n for n in order if n not in taken]
+        if not free:
+            raise ConfigurationError(f"all {MAX_SLOTS} worker slots of {app_id!r} are taken")
+        slot = Slot(free[0], -1)
+    else:
+        slot = Slot.claim(state_dir, preferred, frozenset(taken))
     if preferred is not None and slot.number != preferred:
         held = taken.get(preferred)
         log.warning(

@@ -92,8 +92,8 @@ class Worker:
         self.spec = spec
         self.transport = transport
         self.settings = settings
-        self.worker_id = worker_id or "0"  # replaced by the claimed slot for a file state dir
-        self._claim = worker_id is None and settings.state_dir != MEMORY
+        self.worker_id = worker_id or "0"  # replaced by the claimed slot unless given
+        self._claim = worker_id is None
         self._preferred_slot = slot
         self.slot: Slot | None = None
         self.fault = fault

@@ -212,10 +212,11 @@ def test_workers_stop_cleanly_when_their_supervisor_is_killed(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("state", ["default state dir", "a state dir each"])
+@pytest.mark.parametrize("state", ["default state dir", "a state dir each", ":memory:"])
 def test_two_supervisors_of_one_app_never_share_a_slot(tmp_path: Path, state: str) -> None:
     """Two `streams worker` commands of one app on one broker, started from different
-    directories (with the default state directory, or each with its own, as on two hosts):
+    directories (with the default state directory, each with its own as on two hosts, or
+    none):
     the second takes another slot, so each worker has its own transactional id and nobody is
     fenced; the counts are exact."""
     db = new_broker(tmp_path)
@@ -228,6 +229,8 @@ def test_two_supervisors_of_one_app_never_share_a_slot(tmp_path: Path, state: st
             env = worker_env(f"sqlite:///{db}", cwd)
             if state == "default state dir":
                 del env["STREAMS_STATE_DIR"]
+            elif state == ":memory:":  # no lock files: the broker's record alone
+                env["STREAMS_STATE_DIR"] = ":memory:"
             supervisors.append(subprocess.Popen(worker_command(1), cwd=cwd, env=env))
             wait_for(partial(has_members, db, len(supervisors)), 30, f"{name} to join")
         instances = sorted(m.instance_id for m in members(db))
