@@ -418,3 +418,27 @@ async def test_a_store_found_corrupt_in_use_is_discarded_for_the_restart(tmp_pat
         assert await store.load("t", 0) == ({}, None)
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+def test_a_failed_worker_exits_even_if_a_thread_is_left(tmp_path: Path) -> None:
+    """The backstop against hangs: a non-daemon thread a failure left running (a client's
+    I/O thread) gets a few seconds, then the worker exits with its code anyway."""
+    code = (
+        "import sys, threading, time\n"
+        "from streams.cli import _exit_bounded\n"
+        "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "sys.exit(_exit_bounded(75))\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=worker_env("memory://", tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 75, result.stderr
+    assert time.monotonic() - started < 15
+    assert "did not end: exiting" in result.stderr
