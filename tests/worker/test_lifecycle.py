@@ -199,7 +199,7 @@ def test_workers_stop_cleanly_when_their_supervisor_is_killed(tmp_path: Path) ->
         assert len(workers) == 2
         supervisor.kill()
         supervisor.wait()
-        wait_for(lambda: all(gone(pid) for pid in workers), 5, "the workers to exit")
+        wait_for(lambda: all(gone(pid) for pid in workers), 8, "the workers to exit")
         assert members(db) == []
     finally:
         supervisor.kill()
@@ -348,7 +348,7 @@ def test_a_locked_store_makes_the_worker_exit_75_and_retry_until_it_works(
             "import sqlite3, time\n"
             f"c = sqlite3.connect({str(store)!r}, isolation_level=None)\n"
             "c.execute('BEGIN EXCLUSIVE'); c.execute('CREATE TABLE t (x)')\n"
-            "print('locked', flush=True); time.sleep(6)",
+            "print('locked', flush=True); time.sleep(8)",
         ],
         stdout=subprocess.PIPE,
         text=True,
