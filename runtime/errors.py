@@ -36,6 +36,10 @@ class ConfigurationError(StreamsError):
     """A setting, URL or argument is invalid."""
 
 
+class TopologyError(ConfigurationError):
+    """The topics on the broker do not fit the app (a partition count, a lost changelog)."""
+
+
 class BrokerUnavailableError(StreamsError):
     """The broker cannot be reached or opened."""
 
@@ -65,6 +69,11 @@ class ResourceError(StreamsError):
 
 class DiskFullError(ResourceError):
     """The disk (or the file system) holding a database is full."""
+
+
+class StoreCorruptError(ResourceError):
+    """A worker's local store (a cache) turned out corrupt while in use: it was discarded,
+    and the restarted worker rebuilds it from the changelogs."""
 
 
 class DatabaseLockedError(DatabaseError, ResourceError):

@@ -412,17 +412,20 @@ class App:
         transport = settings.connect()
         worker = Worker(spec, transport, settings, slot=slot, fault=fault)
         self._attach(worker, transport)
-        clean = False
         try:
-            await worker.start()
-            await worker.run(stop)
-            clean = True
-        finally:
+            await worker.start()  # all or nothing: a failed start leaves nothing to stop
             try:
-                await worker.stop(clean=clean)
-            finally:
-                self._attach(None, None)
-                await self.close()
+                await worker.run(stop)
+            except BaseException:
+                await _quietly(worker.stop(clean=False))  # the run's error is the one to report
+                raise
+            await worker.stop(clean=True)
+        except BaseException:
+            self._attach(None, None)
+            await _quietly(self.close())
+            raise
+        self._attach(None, None)
+        await self.close()
 
     def testing(self, **overrides: Any) -> Any:
         """An in-process run for tests: `async with app.testing() as t: await t.send(...);
@@ -465,6 +468,15 @@ class App:
         except StreamsError as exc:
             print(f"{script.program()}: error: {exc}", file=sys.stderr)
             sys.exit(exit_code(exc))
+
+
+async def _quietly(step: Awaitable[None]) -> None:
+    """Run a clean-up step after a failure: its own error is logged, never raised over the
+    failure being reported."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("cleaning up after a failure: %r", exc)
 
 
 __all__ = ["App", "importing_for_cli"]

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
@@ -41,6 +42,8 @@ from runtime.errors import (
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.types import TopicPartition
 from runtime.worker.failures import write_failure
+from runtime.worker.parent import die_with_parent, parent_gone
+from runtime.worker.slots import SUPERVISOR_ENV
 from runtime.worker.supervisor import Supervisor
 from runtime.worker.tables import TableState
 from runtime.worker.windows import WindowedState
@@ -49,10 +52,10 @@ from streams.codecs import Codec
 from streams.offsets import OffsetChange, Reset, apply_reset, parse_datetime, plan_reset
 from streams.settings import DEFAULT_BROKER, redacted
 
-EXIT_CONFIG = 78  # EX_CONFIG: the supervisor does not restart a worker that exits with it
 FORMATS = ("text", "json", "bytes")
 PROGRESS_INTERVAL_S = 1.0  # `send --file`: a progress line this often
 log = logging.getLogger("streams.cli")
+EXIT_WAIT_S = 5.0  # how long a failed worker waits for leftover threads before it exits anyway
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -479,12 +482,23 @@ def _worker(args: argparse.Namespace) -> int:
 
         return Supervisor(child, args.workers).run()
 
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0")) or None
+    if supervisor is not None:  # stop (cleanly) when the supervisor dies, even by kill -9
+        die_with_parent(signal.SIGTERM)
+        if parent_gone(supervisor):
+            return 0
+
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await app.run(stop, slot=args.child)
+        watch = None if supervisor is None else asyncio.ensure_future(_watch(supervisor, stop))
+        try:
+            await app.run(stop, slot=args.child)
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     try:
         asyncio.run(serve())
@@ -494,10 +508,40 @@ def _worker(args: argparse.Namespace) -> int:
         line = f"streams: error: {exc}"
         print(line, file=sys.stderr)
         write_failure(line)  # where the supervisor sees that a restart stops at it again
-        # A setting or the broker is wrong: restarting will not help; the supervisor stops.
-        # A record that cannot be processed: EXIT_DATAERR (runtime.errors.exit_code).
-        return exit_code(exc)
+        # the code tells the supervisor what to do (78: stop, 75: retry later, 65: a record
+        # that cannot be processed: give up when a restart stops at it again)
+        return _exit_bounded(exit_code(exc))
+    except Exception:  # a bug, not a condition we name: its traceback, and no hang either
+        if args.debug:
+            raise
+        log.exception("worker %s failed", args.child)
+        return _exit_bounded(1)
     return 0
+
+
+async def _watch(supervisor: int, stop: asyncio.Event) -> None:
+    """Stop the worker (cleanly) once its supervisor is gone: where the kernel does not
+    signal it, and for the moment before the signal was set up."""
+    while not stop.is_set():
+        if parent_gone(supervisor):
+            log.warning("the supervisor is gone: stopping")
+            stop.set()
+        await asyncio.sleep(1.0)
+
+
+def _exit_bounded(code: int) -> int:
+    """Return `code`, or exit with it at once if threads a failure left behind (a client's
+    background thread) do not end within EXIT_WAIT_S: a failed worker never hangs."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error("thread %s did not end: exiting", thread.name)
+                sys.stderr.flush()
+                sys.stdout.flush()
+                os._exit(code)
+    return code
 
 
 async def _preflight(app: App) -> None:
@@ -574,7 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"streams: error: {exc}", file=sys.stderr)
-        return 1
+        # `streams worker` is what a service manager runs: its codes say whether to restart
+        worker = args.command == "worker" and isinstance(exc, StreamsError)
+        return exit_code(exc) if worker else 1
     return 0
 
 

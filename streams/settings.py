@@ -2,6 +2,7 @@
 
     settings = Settings.resolve("wordcount", {"commit_interval": 0.5})
     settings.broker          # $STREAMS_BROKER, else the argument, else sqlite:///streams.db
+    settings.state_dir       # $STREAMS_STATE_DIR, else the argument, else beside the broker
 
 An environment variable overrides the value given in code, so one app can be pointed at another
 broker or run at-least-once without editing it. The broker an app's commands use is, first to
@@ -12,6 +13,7 @@ last: `--broker` on the command line, $STREAMS_BROKER, `App(broker=...)`, sqlite
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -23,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 from runtime.errors import ConfigurationError
 from runtime.transport import Transport, connect
 from runtime.worker.failures import DECODE_POLICIES, POLICIES
+from runtime.worker.store import MEMORY
 
 DEFAULT_BROKER = "sqlite:///streams.db"
 GUARANTEES = ("exactly_once", "at_least_once")
@@ -35,6 +38,8 @@ class Setting:
     default: Callable[[str], Any]  # from the app id
     parse: Callable[[str], Any]
     doc: str
+    # a default that depends on settings resolved before it: (app id, those values)
+    derive: Callable[[str, Mapping[str, Any]], Any] | None = None
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -70,6 +75,27 @@ def _topic_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text) or text in (".", ".."):
         raise ValueError("must be a topic name: 1-249 characters of [A-Za-z0-9._-]")
     return text
+
+
+def default_state_dir(app_id: str, broker: str) -> str:
+    """Where an app's local stores live unless told: a function of the broker and the app,
+    never of the working directory, so every worker of the app on this machine shares one
+    state directory (and its slot locks) wherever it was started.
+
+    - sqlite:///path/x.db: `<directory of x.db>/<app>-state`, beside the broker file;
+    - memory://: in memory (the broker and its changelogs end with the process anyway);
+    - kafka://... (or any other): `$XDG_CACHE_HOME/streams/<app>-<hash of the URL>`
+      (`~/.cache/...` without it).
+    """
+    scheme = broker.partition("://")[0]
+    if scheme == "memory":
+        return MEMORY
+    if scheme == "sqlite":
+        path = broker.split("://", 1)[1].split("?", 1)[0][1:]
+        return os.path.join(os.path.dirname(os.path.abspath(path)), f"{app_id}-state")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(broker.encode()).hexdigest()[:12]
+    return os.path.join(cache, "streams", f"{app_id}-{digest}")
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -124,9 +150,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "state_dir",
         "STREAMS_STATE_DIR",
-        lambda app: f"{app}-state",
+        lambda app: None,
         str,
-        "Directory of the local table stores (a cache of the changelogs).",
+        "Directory of the local table stores (a cache of the changelogs) and worker slots; "
+        "default: derived from the broker URL and the app id (beside an sqlite:// file).",
+        derive=lambda app, values: default_state_dir(app, values["broker"]),
     ),
     Setting(
         "max_poll_records",
@@ -224,6 +252,11 @@ class Settings:
                 parsed[name] = _BY_NAME[name].parse(_text(value))
             except ValueError as exc:
                 raise ConfigurationError(f"bad {name}={value!r}: {exc}") from exc
+        if "broker" in parsed and "state_dir" not in parsed and self.state_dir != MEMORY:
+            # a derived state dir follows the broker (the stores are caches of its topics)
+            app_id = os.path.basename(self.state_dir).rsplit("-", 1)[0]  # <app>-state|<hash>
+            if self.state_dir == default_state_dir(app_id, self.broker):
+                parsed["state_dir"] = default_state_dir(app_id, parsed["broker"])
         return dataclasses.replace(self, **parsed)
 
     def connect(self) -> Transport:
@@ -251,7 +284,10 @@ class Settings:
             source = f"${setting.env}"
             if text is None:
                 if given.get(setting.name) is None:
-                    values[setting.name] = setting.default(app_id)
+                    derive = setting.derive
+                    values[setting.name] = (
+                        setting.default(app_id) if derive is None else derive(app_id, values)
+                    )
                     continue
                 text, source = _text(given[setting.name]), setting.name
             try:

@@ -3,8 +3,10 @@
     supervisor = Supervisor(lambda slot: [sys.executable, "-m", "streams.cli", ...], workers=3)
     sys.exit(supervisor.run())
 
-A worker that exits (crash, `kill -9`) is started again in the same slot after a backoff that
-doubles from 0.25 s to 10 s, and resets once the worker has run for 10 s. On SIGTERM or SIGINT
+A worker that exits (crash, `kill -9`, a resource short: exit 75) is started again in the same
+slot after a backoff that doubles from 0.25 s to 10 s, and resets once the worker has run for
+10 s. A worker that exits with 78 (configuration) stops the supervisor, which then exits 78.
+Workers get STREAMS_SUPERVISOR_PID, so that they stop when the supervisor dies. On SIGTERM or SIGINT
 every worker gets SIGTERM (finish and commit the current transaction, leave the group, exit 0);
 a worker still running after `grace` seconds is killed. The supervisor exits 0 when every
 worker stopped cleanly.
@@ -28,12 +30,12 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from runtime.errors import EXIT_DATAERR, ConfigurationError
+from runtime.errors import EXIT_CONFIG, EXIT_DATAERR, EXIT_TEMPFAIL, ConfigurationError
 from runtime.worker.failures import FAILURE_FILE_ENV, read_failure
+from runtime.worker.slots import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
 
-EXIT_CONFIG = 78  # a worker that exits with this cannot succeed by restarting: stop
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 10.0
 HEALTHY_AFTER_S = 10.0
@@ -66,7 +68,8 @@ class Supervisor:
         self._same_failure: dict[int, tuple[str, int]] = {}  # slot -> (line, times in a row)
 
     def _start(self, child: _Child) -> None:
-        child.process = subprocess.Popen(self.command(child.slot), env=self._child_env(child.slot))
+        env = {**self._child_env(child.slot), SUPERVISOR_ENV: str(os.getpid())}
+        child.process = subprocess.Popen(self.command(child.slot), env=env)
         child.started = time.monotonic()
         log.info("worker %d started (pid %d)", child.slot, child.process.pid)
 
@@ -98,19 +101,24 @@ class Supervisor:
                     child.backoff = BACKOFF_START_S
                 continue
             if process is not None and process.returncode == EXIT_CONFIG:
-                log.error("worker %d cannot run (configuration error): stopping", child.slot)
+                # the worker said why on its stderr, in one line
+                log.info(
+                    "worker %d exited with %d (configuration): stopping", child.slot, EXIT_CONFIG
+                )
                 self.stopping = True
                 self.failed = True
+                self.exit_code = EXIT_CONFIG
                 return
             stopped_at_a_record = process is not None and process.returncode == EXIT_DATAERR
             if stopped_at_a_record and self._stuck(child.slot):
                 return
             if process is not None:
                 log.warning(
-                    "worker %d (pid %d) exited with %s; restarting in %.1f s",
+                    "worker %d (pid %d) exited with %s%s; restarting in %.1f s",
                     child.slot,
                     process.pid,
                     process.returncode,
+                    " (a resource is short)" if process.returncode == EXIT_TEMPFAIL else "",
                     child.backoff,
                 )
                 child.process = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import sys
@@ -27,14 +28,15 @@ from typing import Any, Protocol
 from runtime.errors import (
     AgentError,
     AppError,
-    ConfigurationError,
     RecordDecodeError,
     StreamsError,
     TableKeyNotOwnedError,
     TableWriteOutsideAgentError,
     TopicExistsError,
+    TopologyError,
+    UnknownTopicError,
 )
-from runtime.transport import READ_COMMITTED, Transport
+from runtime.transport import READ_COMMITTED, Consumer, Producer, Transport
 from runtime.types import Event, Record, TopicPartition
 from runtime.worker.agents import AgentRunner
 from runtime.worker.commit import CommitCycle
@@ -46,7 +48,7 @@ from runtime.worker.failures import (
     where,
 )
 from runtime.worker.ops import chain
-from runtime.worker.slots import Slot
+from runtime.worker.slots import Slot, claim_slot
 from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
 from runtime.worker.store import MEMORY, StateStore
 from runtime.worker.tables import TableState
@@ -87,6 +89,11 @@ class WorkerSettings(Protocol):
 
 
 class Worker:
+    store: StateStore  # set by start()
+    producer: Producer
+    consumer: Consumer
+    cycle: CommitCycle
+
     def __init__(
         self,
         spec: AppSpec,
@@ -100,8 +107,8 @@ class Worker:
         self.spec = spec
         self.transport = transport
         self.settings = settings
-        self.worker_id = worker_id or "0"  # replaced by the claimed slot for a file state dir
-        self._claim = worker_id is None and settings.state_dir != MEMORY
+        self.worker_id = worker_id or "0"  # replaced by the claimed slot unless given
+        self._claim = worker_id is None
         self._preferred_slot = slot
         self.slot: Slot | None = None
         self.fault = fault
@@ -136,18 +143,38 @@ class Worker:
         self.dead_letters = 0  # records sent to a dead-letter topic
         self._failures = collections.Counter[str]()  # the same, in the open cycle
         self.started = False
+        self._clean = True  # whether stop() closes the producer (a crash leaves it)
+        self._resources = contextlib.AsyncExitStack()  # what start() acquired, to release
 
     # --- start and stop -----------------------------------------------------------------
 
     async def start(self) -> None:
+        """Claim a slot, create the topics, open the store, the producer and the consumer.
+        All or nothing: if a step fails, what the earlier steps acquired is released and the
+        step's own error is raised (never one of the clean-up's)."""
+        try:
+            await self._start()
+        except BaseException:
+            try:
+                await self._release()
+            except Exception as cleanup:  # the start-up error is the one to report
+                log.warning("releasing a worker that failed to start: %s", cleanup)
+            raise
+        self.started = True
+
+    async def _start(self) -> None:
         if self._claim:
-            self.slot = Slot.claim(self.settings.state_dir, self._preferred_slot)
+            self.slot = await claim_slot(
+                self.transport, self.spec.app_id, self.settings.state_dir, self._preferred_slot
+            )
             self.worker_id = str(self.slot.number)
+            self._resources.callback(self.slot.release)
         await self._create_topics()
         state_dir = self.settings.state_dir
         if state_dir != MEMORY:
             state_dir = os.path.join(state_dir, f"worker-{self.worker_id}")
         self.store = await StateStore.open(state_dir)
+        self._resources.push_async_callback(self.store.close)
         exactly_once = self.settings.exactly_once
         self.producer = self.transport.producer(
             transactional_id=f"{self.spec.app_id}-{self.worker_id}" if exactly_once else None,
@@ -158,20 +185,24 @@ class Worker:
             linger_ms=1_000_000 if exactly_once else 5,
             batch_size=50_000 if exactly_once else 10_000,
         )
+        self._resources.push_async_callback(self._close_producer)
         if exactly_once:
             await self.producer.init_transactions()  # fences our predecessor, aborts its work
         for table in self._windowed:
             table.bind(self.producer.produce, self.spec.topics)
+        owner = "" if self.slot is None else f"@{self.slot.owner}"
         self.consumer = self.transport.consumer(
             self.spec.app_id,
             isolation=READ_COMMITTED,
-            client_id=f"{self.spec.app_id}-{self.worker_id}",
+            # <app>@<host>:<supervisor pid>-<slot>: who holds the slot, read by claim_slot
+            client_id=f"{self.spec.app_id}{owner}-{self.worker_id}",
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(50, min(1000, self.settings.session_timeout_ms // 3)),
             assignor="copartitioned",  # partition p of every app topic, and of its tables
             instance_id=f"{self.spec.app_id}-{self.worker_id}",  # a restart takes over at once
             standby_replicas=self.settings.table_standby_replicas if self.tables else 0,
         )
+        self._resources.push_async_callback(self.consumer.close)
         self.cycle = CommitCycle(
             self.producer,
             self.consumer,
@@ -185,13 +216,14 @@ class Worker:
         )
         for runner in self.runners:
             runner.start()
+            self._resources.push_async_callback(runner.stop)
         for timer in self.spec.timers:
             self._timers.append(asyncio.ensure_future(self._run_timer(timer)))
         self._last_commit = time.monotonic()
         self._since_commit = 0
-        self.started = True
 
     async def _create_topics(self) -> None:
+        await self._check_changelogs()
         for topic in self.spec.topics.values():
             try:
                 await self.transport.create_topic(
@@ -200,30 +232,62 @@ class Worker:
             except TopicExistsError:
                 existing = await self.transport.describe_topic(topic.name)
                 if existing.partitions != topic.partitions:
-                    raise ConfigurationError(
-                        f"topic {topic.name!r} has {existing.partitions} partitions, the app "
-                        f"declares {topic.partitions}: tables and streams must be co-partitioned"
+                    raise TopologyError(
+                        f"topic {topic.name!r} has {_partitions(existing.partitions)} but app "
+                        f"{self.spec.app_id!r} declares {topic.partitions} (tables and streams "
+                        f"must be co-partitioned): delete the topic and create it again with "
+                        f"{topic.partitions} partitions, or declare partitions="
+                        f"{existing.partitions}"
                     ) from None
 
+    async def _check_changelogs(self) -> None:
+        """A table whose changelog is gone while the group has committed offsets has lost
+        its state: recreating the changelog empty would restart it from nothing (a count of
+        11 would become 1). Stop instead; the operator restores the topic or resets the app."""
+        if not self.tables:
+            return
+        present = {t.name for t in await self.transport.list_topics()}
+        missing = [t.changelog for t in self.spec.tables if t.changelog not in present]
+        if not missing:
+            return
+        group = await self.transport.describe_group(self.spec.app_id)
+        if group.offsets:
+            raise TopologyError(
+                f"changelog topic {missing[0]!r} is gone but group {self.spec.app_id!r} has "
+                "committed offsets: its table cannot be restored; restore the topic, or reset "
+                "the app (delete its topics and its group's offsets) to start from nothing"
+            )
+
     async def stop(self, *, clean: bool = True) -> None:
-        """Commit what was processed, leave the group, release everything."""
+        """Commit what was processed (if `clean`), leave the group, release everything."""
         for task in self._timers:
             task.cancel()
         try:
             if clean and self.started:
                 await self.commit()
-        finally:
-            self.started = False  # from here on, revocations commit nothing
-            await self.consumer.close()
-            if self._standby_reader is not None:
-                await self._standby_reader.close()
-            for runner in self.runners:
-                await runner.stop()
-            if clean:
-                await self.producer.close()
-            await self.store.close()
-            if self.slot is not None:
-                self.slot.release()
+        except BaseException:
+            self.started = False
+            try:
+                await self._release(close_producer=clean)
+            except Exception as cleanup:  # the commit's error is the one to report
+                log.warning("releasing the worker after a failed commit: %s", cleanup)
+            raise
+        self.started = False  # from here on, revocations commit nothing
+        await self._release(close_producer=clean)
+
+    async def _release(self, *, close_producer: bool = True) -> None:
+        """Release what start() acquired, last first; every step runs even if one fails."""
+        for task in self._timers:
+            task.cancel()
+        self._timers = []
+        self._clean = close_producer
+        resources, self._resources = self._resources, contextlib.AsyncExitStack()
+        self._standby_reader = None
+        await resources.aclose()
+
+    async def _close_producer(self) -> None:
+        if self._clean:
+            await self.producer.close()
 
     async def _run_timer(self, timer: Any) -> None:
         if timer.interval is None:
@@ -302,6 +366,12 @@ class Worker:
             for runner in self.runners:
                 await runner.flush()  # events held by take() are processed before a commit
             await self.cycle.commit()
+        except UnknownTopicError as exc:  # deleted under us: restarting would recreate it empty
+            await self._abort()
+            raise TopologyError(
+                f"{exc} (a topic of app {self.spec.app_id!r} was deleted while it ran): restore "
+                "the topic, or reset the app (delete its topics and its group's offsets)"
+            ) from exc
         except StreamsError as exc:
             await self._abort()
             if not await self._setting_aside(exc):
@@ -610,6 +680,7 @@ class Worker:
             return
         if self._standby_reader is None:
             self._standby_reader = self.transport.consumer(isolation=READ_COMMITTED)
+            self._resources.push_async_callback(self._standby_reader.close)
         for table in self.tables.values():
             for partition in sorted(partitions):
                 self.standby_records += await self._tail(table, partition)
@@ -798,6 +869,10 @@ def _record_at(records: list[Record], event: Event) -> Record:
         if record.offset == event.offset:
             return record
     raise AppError(f"no record at {where(event)} in this batch")  # cannot happen
+
+
+def _partitions(n: int) -> str:
+    return f"{n} partition" if n == 1 else f"{n} partitions"
 
 
 __all__ = ["Worker", "WorkerSettings"]

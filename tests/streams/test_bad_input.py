@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -205,7 +206,7 @@ def test_settings_defaults() -> None:
     broker is the one every `streams` command uses by default; the state dir is the app's)."""
     s = streams.Settings.resolve("shop", {}, environ={})
     assert s.broker == "sqlite:///streams.db"  # as every `streams` command
-    assert s.state_dir == "shop-state"
+    assert s.state_dir == os.path.abspath("shop-state")  # beside the broker file
     assert s.processing_guarantee == "exactly_once" and s.exactly_once
     assert (s.commit_interval, s.default_partitions) == (0.1, 4)
     assert (s.on_error, s.on_decode_error) == ("fail", None)  # decode errors: as on_error
