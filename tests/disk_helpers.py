@@ -1,0 +1,136 @@
+"""Faults of the disk under a broker file, for tests: a disk that fills up, a read-only file.
+
+A full disk is a real one where the test may mount (a small tmpfs, filled with a filler file
+that is deleted when "space returns"); elsewhere (CI without mount) the same fault is raised
+by SQLite itself, through `PRAGMA max_page_count` on the broker's connection (SQLITE_FULL).
+
+    with small_disk(tmp_path / "disk") as disk:
+        broker = Broker(str(disk.path / "app.db"))
+        disk.fill(broker)      # the next writes fail with SQLITE_FULL
+        disk.free(broker)      # and succeed again
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from runtime.broker import Broker
+
+ROOT = Path(__file__).resolve().parents[1]
+MARGIN = 48 * 1024  # what a filled disk keeps free: a few small writes fit, a burst does not
+
+
+class SmallDisk:
+    def __init__(self, path: Path, mounted: bool) -> None:
+        self.path = path
+        self.mounted = mounted  # a real tmpfs; else SQLite's max_page_count stands in for it
+        self._filler = path / "filler"
+
+    def fill(self, broker: Broker) -> None:
+        """Leave about MARGIN bytes for the broker file to grow into."""
+        if self.mounted:
+            room = shutil.disk_usage(self.path).free - MARGIN
+            with open(self._filler, "wb") as handle:
+                handle.write(b"\0" * max(0, room))
+        else:
+            pages = broker.conn.execute("PRAGMA page_count").fetchone()[0]
+            page_size = broker.conn.execute("PRAGMA page_size").fetchone()[0]
+            broker.conn.execute(f"PRAGMA max_page_count = {pages + MARGIN // page_size}")
+
+    def free(self, broker: Broker) -> None:
+        """Space returns."""
+        if self.mounted:
+            self._filler.unlink()
+        else:
+            broker.conn.execute("PRAGMA max_page_count = 4294967294")
+
+
+def _try_mount(path: Path, size_kb: int) -> bool:
+    """Mount a tmpfs (root only); STREAMS_TEST_NO_MOUNT=1 tries the fallback here too."""
+    if os.environ.get("STREAMS_TEST_NO_MOUNT") or os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_kb: int = 2048) -> Iterator[SmallDisk]:
+    """A directory on a file system of `size_kb` KiB where possible (see the module doc)."""
+    path.mkdir(parents=True)
+    mounted = _try_mount(path, size_kb)
+    try:
+        yield SmallDisk(path, mounted)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+_READ_ONLY_SITE = """
+import os
+import sqlite3
+
+_connect = sqlite3.connect
+_target = os.path.abspath(os.environ["STREAMS_TEST_READ_ONLY"])
+
+
+def connect(database, *args, **kwargs):
+    if isinstance(database, str) and os.path.abspath(database) == _target:
+        database, kwargs["uri"] = f"file:{_target}?mode=ro", True
+    return _connect(database, *args, **kwargs)
+
+
+sqlite3.connect = connect
+"""
+
+
+@contextlib.contextmanager
+def read_only(path: Path, scratch: Path) -> Iterator[dict[str, str]]:
+    """Make the file at `path` read-only for child processes run with the environment
+    additions yielded: by its mode bits; as root (whom they do not stop) by the immutable
+    attribute; where that is not allowed either, SQLite opens it read-only (mode=ro, through
+    a sitecustomize in `scratch`), which fails writes the same way (SQLITE_READONLY)."""
+    mode = path.stat().st_mode
+    path.chmod(0o444)
+    env: dict[str, str] = {}
+    immutable = False
+    if os.access(path, os.W_OK):  # root
+        chattr = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+        immutable = chattr.returncode == 0
+        if not immutable:
+            scratch.mkdir(parents=True, exist_ok=True)
+            (scratch / "sitecustomize.py").write_text(_READ_ONLY_SITE)
+            env = {
+                "STREAMS_TEST_READ_ONLY": str(path),
+                "PYTHONPATH": f"{scratch}{os.pathsep}{ROOT}",
+            }
+    try:
+        yield env
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(mode)
+
+
+def corrupt_a_table_page(path: Path, table: str) -> None:
+    """Overwrite the root page of `table` (a b-tree page SQLite's checks walk) with garbage,
+    in a file no connection holds open."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,))
+    finally:
+        conn.close()
+    with open(path, "r+b") as handle:
+        handle.seek((root[0] - 1) * page_size)
+        handle.write(bytes(range(7, 256)) * (page_size // 249) + b"\x07" * (page_size % 249))
