@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime.broker.integrity import check_file
-from runtime.errors import ConfigurationError, DatabaseError, InvalidRequestError, StreamsError
+from runtime.errors import (
+    ConfigurationError,
+    DatabaseError,
+    InvalidRequestError,
+    StreamsError,
+    exit_code,
+)
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
 from runtime.transport.embedded.transport import EmbeddedTransport, sqlite_path
 from runtime.types import TopicPartition
@@ -329,7 +335,7 @@ def _worker(args: argparse.Namespace) -> int:
             raise
         print(f"streams: error: {exc}", file=sys.stderr)
         # A setting or the broker is wrong: restarting will not help; the supervisor stops.
-        return EXIT_CONFIG if isinstance(exc, (ConfigurationError, DatabaseError)) else 1
+        return exit_code(exc)  # a full disk (75) is restarted; a wrong setting (78) is not
     return 0
 
 

@@ -26,28 +26,78 @@ ROOT = Path(__file__).resolve().parents[1]
 MARGIN = 48 * 1024  # what a filled disk keeps free: a few small writes fit, a burst does not
 
 
+# Without a mount, child processes see a full disk through this sitecustomize: while the flag
+# file exists, every write transaction's COMMIT fails as SQLite fails it on a full disk
+# (SQLITE_FULL, "database or disk is full"), after which the broker rolls back.
+_FULL_DISK_SITE = """
+import os
+import sqlite3
+
+_flag = os.environ["STREAMS_TEST_DISK_FULL"]
+_connect = sqlite3.connect
+
+
+class _Connection(sqlite3.Connection):
+    writing = False
+
+    def execute(self, sql, *args):
+        verb = sql.strip().upper() if isinstance(sql, str) else ""
+        if verb.startswith("BEGIN"):
+            self.writing = verb != "BEGIN"
+        elif verb == "COMMIT" and self.writing and os.path.exists(_flag):
+            self.writing = False
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            error.sqlite_errorname = "SQLITE_FULL"
+            raise error
+        return super().execute(sql, *args)
+
+
+def connect(database, *args, **kwargs):
+    kwargs.setdefault("factory", _Connection)
+    return _connect(database, *args, **kwargs)
+
+
+sqlite3.connect = connect
+"""
+
+
 class SmallDisk:
-    def __init__(self, path: Path, mounted: bool) -> None:
+    def __init__(self, path: Path, mounted: bool, scratch: Path) -> None:
         self.path = path
         self.mounted = mounted  # a real tmpfs; else SQLite's max_page_count stands in for it
         self._filler = path / "filler"
+        self._flag = scratch / "disk-full"
+        self.env: dict[str, str] = {}  # for child processes that must see this disk fill up
+        if not mounted:
+            scratch.mkdir(parents=True, exist_ok=True)
+            (scratch / "sitecustomize.py").write_text(_FULL_DISK_SITE)
+            self.env = {
+                "STREAMS_TEST_DISK_FULL": str(self._flag),
+                "PYTHONPATH": f"{scratch}{os.pathsep}{ROOT}",
+            }
 
-    def fill(self, broker: Broker) -> None:
-        """Leave about MARGIN bytes for the broker file to grow into."""
+    def fill(self, broker: Broker | None = None) -> None:
+        """Leave about MARGIN bytes for the broker file to grow into (without a mount: in
+        `broker`'s connection and in child processes run with `env`)."""
         if self.mounted:
             room = shutil.disk_usage(self.path).free - MARGIN
             with open(self._filler, "wb") as handle:
                 handle.write(b"\0" * max(0, room))
-        else:
+            return
+        self._flag.touch()
+        if broker is not None:
             pages = broker.conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = broker.conn.execute("PRAGMA page_size").fetchone()[0]
             broker.conn.execute(f"PRAGMA max_page_count = {pages + MARGIN // page_size}")
 
-    def free(self, broker: Broker) -> None:
+    def free(self, broker: Broker | None = None) -> None:
         """Space returns."""
         if self.mounted:
             self._filler.unlink()
-        else:
+            return
+        self._flag.unlink()
+        if broker is not None:
             broker.conn.execute("PRAGMA max_page_count = 4294967294")
 
 
@@ -69,7 +119,7 @@ def small_disk(path: Path, size_kb: int = 2048) -> Iterator[SmallDisk]:
     path.mkdir(parents=True)
     mounted = _try_mount(path, size_kb)
     try:
-        yield SmallDisk(path, mounted)
+        yield SmallDisk(path, mounted, path.parent / f"{path.name}-site")
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)

@@ -190,14 +190,16 @@ class Worker:
                 await self.commit()
         finally:
             self.started = False  # from here on, revocations commit nothing
-            await self.consumer.close()
+            if hasattr(self, "consumer"):  # start() may have failed before making it
+                await self.consumer.close()
             if self._standby_reader is not None:
                 await self._standby_reader.close()
             for runner in self.runners:
                 await runner.stop()
             if clean:
                 await self.producer.close()
-            await self.store.close()
+            if hasattr(self, "store"):
+                await self.store.close()
             if self.slot is not None:
                 self.slot.release()
 

@@ -1,0 +1,119 @@
+"""Word count on a disk that fills up mid-run and frees again.
+
+`streams worker examples.wordcount:app` counts words while the broker's disk fills: its next
+commit fails with DiskFullError, the worker exits with EXIT_TEMPFAIL (75), the supervisor
+restarts it with backoff (it keeps failing while the disk is full), and once space returns it
+finishes: every word's committed updates are 1..n exactly once and the table is exact.
+
+On a real tmpfs where the test may mount one; elsewhere the worker processes see SQLite fail
+their commits with SQLITE_FULL (tests/disk_helpers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.broker import Broker
+from runtime.broker.producer import BatchProducer
+from runtime.errors import EXIT_TEMPFAIL, DiskFullError
+from tests.disk_helpers import small_disk
+from tests.fault_helpers import (
+    assert_exactly_once,
+    stop_supervisor,
+    table_from_changelog,
+    worker_command,
+    worker_env,
+)
+from tests.worker.test_fault_suite import PARTITIONS, committed_lag, read_all
+
+EVENTS = 60_000
+SEED = 20261202
+
+
+def wait_for(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_worker_survives_a_full_disk_and_finishes_exactly_once(tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    words = [f"w{rng.randrange(300)}" for _ in range(EVENTS)]
+    with small_disk(tmp_path / "disk", size_kb=65536) as disk:
+        db = str(disk.path / "broker.db")
+        broker = Broker(db)
+        broker.create_topic("words", PARTITIONS)
+        source = Broker(db)
+        loaded = threading.Event()
+        stalled: list[float] = []
+
+        def load() -> None:
+            """Produce the words over a few seconds, retrying while the disk is full."""
+            producer = BatchProducer(source)
+            for start in range(0, EVENTS, 1000):
+                chunk = [(json.dumps(w).encode(), w.encode()) for w in words[start : start + 1000]]
+                while True:
+                    try:
+                        producer.send("words", chunk)
+                        break
+                    except DiskFullError:
+                        stalled.append(time.monotonic())
+                        time.sleep(0.1)
+                time.sleep(0.05)
+            loaded.set()
+
+        env = {**worker_env(f"sqlite:///{db}", tmp_path), **disk.env}
+        log = tmp_path / "supervisor.log"
+        with open(log, "w") as stderr:
+            supervisor = subprocess.Popen(
+                worker_command(1), cwd=tmp_path, env=env, stderr=stderr, text=True
+            )
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        try:
+
+            def outputs() -> int:
+                try:
+                    return sum(
+                        broker.partition_info("word-counts", p).last_stable
+                        for p in range(PARTITIONS)
+                    )
+                except Exception:
+                    return 0
+
+            wait_for(lambda: outputs() > 0, 60, "the first committed outputs")
+            disk.fill(source)
+            filled_at = outputs()
+            wait_for(
+                lambda: log.read_text().count(f"exited with {EXIT_TEMPFAIL};") >= 2,
+                30,
+                "the worker to exit with 75 twice while the disk is full",
+            )
+            assert supervisor.poll() is None, log.read_text()
+            assert not loaded.is_set(), "the words were all written before the disk filled"
+            assert "configuration error" not in log.read_text()
+            disk.free(source)
+            wait_for(loaded.is_set, 60, "the words to be written")
+            wait_for(lambda: committed_lag(broker) == 0, 90, "the worker to catch up")
+        finally:
+            code = stop_supervisor(supervisor)
+        text = log.read_text()
+        assert code == 0, text
+        assert "streams: error: broker database" in text and "the disk is full" in text
+        assert "Traceback" not in text  # one line per failure
+        outputs_ = read_all(broker, "word-counts")
+        table = table_from_changelog(read_all(broker, "wordcount-counts-changelog"))
+        broker.close()
+        source.close()
+    assert stalled, "the producer never saw the disk full"
+    print(f"outputs when the disk filled: {filled_at} of {EVENTS}")
+    assert_exactly_once(words, outputs_, table, SEED, EVENTS)
