@@ -184,3 +184,45 @@ def corrupt_a_table_page(path: Path, table: str) -> None:
     with open(path, "r+b") as handle:
         handle.seek((root[0] - 1) * page_size)
         handle.write(bytes(range(7, 256)) * (page_size // 249) + b"\x07" * (page_size % 249))
+
+
+def _varint(data: bytes | bytearray, at: int) -> tuple[int, int]:
+    value = 0
+    for k in range(9):
+        byte = data[at + k]
+        if k == 8:
+            return (value << 8) | byte, at + 9
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, at + k + 1
+    raise AssertionError("unreachable")
+
+
+def stale_index_entry(path: Path) -> None:
+    """Make the last entry of the `batches` primary-key index name an offset one past its
+    row's, as a file copied while in use can have: every page stays well formed (SQLite's
+    quick_check passes), but the index no longer matches its table. The index must fit in
+    its root page (a small file) and the offset in one byte."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_batches_1'"
+        ).fetchone()
+    finally:
+        conn.close()
+    data = bytearray(path.read_bytes())
+    page = (root - 1) * page_size
+    assert data[page] == 0x0A, "the index is more than one leaf page"
+    cells = int.from_bytes(data[page + 3 : page + 5], "big")
+    pointer = page + 8 + 2 * (cells - 1)
+    _, header = _varint(data, page + int.from_bytes(data[pointer : pointer + 2], "big"))
+    header_size, at = _varint(data, header)
+    tp_type, at = _varint(data, at)
+    offset_type, _ = _varint(data, at)
+    assert offset_type == 1 and tp_type in (1, 8, 9), (tp_type, offset_type)
+    value_at = header + header_size + (1 if tp_type == 1 else 0)
+    assert data[value_at] < 127
+    data[value_at] += 1
+    path.write_bytes(bytes(data))

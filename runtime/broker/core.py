@@ -26,9 +26,9 @@ from runtime.broker.integrity import (
     BackupReport,
     OpenGuard,
     backup,
+    check_at_open,
     mark_open,
     opened_uncleanly,
-    quick_check,
     wal_bytes,
 )
 from runtime.broker.log import Log, Topic
@@ -114,17 +114,17 @@ class Broker:
 
     def _check_at_open(self) -> None:
         """Hold the file's open guard. As the first connection to the file: refuse it if it
-        was not closed cleanly and fails SQLite's quick_check; then mark it in use and let
-        other connections in (they wait for the check)."""
+        was not closed cleanly and fails SQLite's integrity_check; then mark it in use and
+        let other connections in (they wait for the check)."""
         try:
             self._guard = OpenGuard.acquire(self.path)
             if self._guard is None or not self._guard.first:
                 return
             if opened_uncleanly(self.conn, wal_bytes(self.path)):
                 started = time.perf_counter()
-                quick_check(self.conn, self.path)
+                check_at_open(self.conn, self.path)
                 log.info(
-                    "broker database %s was not closed cleanly: quick_check passed in %.2f s",
+                    "broker database %s was not closed cleanly: its check passed in %.2f s",
                     self.path,
                     time.perf_counter() - started,
                 )

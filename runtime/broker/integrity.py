@@ -2,8 +2,8 @@
 
 A broker file is shared by processes that come and go. The first process to open it (no other
 holds it open) learns whether the last one closed it cleanly; if not (a crash of the last
-process, or a copy of a live file), it runs SQLite's `quick_check` before anyone uses the file,
-and refuses a corrupt one. Whoever closes it last marks it clean.
+process, or a copy of a live file), it runs SQLite's `integrity_check` before anyone uses the
+file, and refuses a corrupt one. Whoever closes it last marks it clean.
 
     guard = OpenGuard.acquire("app.db")         # first opener? (waits while one checks)
     problems = check_file("app.db")             # [] when healthy
@@ -111,11 +111,15 @@ def mark_open(conn: sqlite3.Connection, is_open: bool) -> None:
         log.debug("could not mark the broker file %s: %s", "open" if is_open else "closed", exc)
 
 
-def quick_check(conn: sqlite3.Connection, path: str) -> None:
-    """SQLite's `quick_check` (every page's structure, not the index contents); raises a
-    DatabaseError naming the first problem."""
+def check_at_open(conn: sqlite3.Connection, path: str) -> None:
+    """SQLite's `integrity_check`; raises a DatabaseError naming the first problem.
+
+    Not `quick_check`: that one checks each page's structure but not that indexes match their
+    tables, and a file copied while in use can have an index that misses rows, so fetches
+    would skip records without a word. Both read the whole file, so from disk they cost about
+    the same (docs/operations.md)."""
     try:
-        rows = [r[0] for r in conn.execute(f"PRAGMA quick_check({MAX_PROBLEMS})")]
+        rows = [r[0] for r in conn.execute(f"PRAGMA integrity_check({MAX_PROBLEMS})")]
     except sqlite3.DatabaseError as exc:
         rows = [str(exc)]
     if rows != ["ok"]:

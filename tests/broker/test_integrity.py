@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from runtime.broker import Broker, ProduceBatch
 from runtime.broker.integrity import OPEN_COUNTER, check_file
 from runtime.transport import connect
 from runtime.types import TopicPartition
-from tests.disk_helpers import corrupt_a_table_page, small_disk
+from tests.disk_helpers import corrupt_a_table_page, small_disk, stale_index_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 TP = TopicPartition("t", 0)
@@ -139,15 +140,15 @@ from runtime.broker.producer import BatchProducer
 broker = Broker(sys.argv[1])
 broker.create_topic("t", partitions=1)
 producer = BatchProducer(broker)
-for _ in range(300):
-    producer.send("t", [(None, b"v" * 100)] * 20)
+for _ in range(int(sys.argv[2])):
+    producer.send("t", [(None, b"v" * 100)] * int(sys.argv[3]))
 os._exit(0)  # as kill -9 would: no close
 """
 
 
-def crash_while_writing(path: Path) -> None:
+def crash_while_writing(path: Path, batches: int = 300, records: int = 20) -> None:
     subprocess.run(
-        [sys.executable, "-c", CRASHING_WRITER, str(path)],
+        [sys.executable, "-c", CRASHING_WRITER, str(path), str(batches), str(records)],
         check=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=60,
@@ -155,8 +156,6 @@ def crash_while_writing(path: Path) -> None:
 
 
 def open_mark(path: Path) -> int | None:
-    import sqlite3
-
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         row = conn.execute("SELECT value FROM counters WHERE name = ?", (OPEN_COUNTER,))
@@ -189,6 +188,20 @@ def test_a_corrupt_file_left_by_a_crash_is_refused_at_open(tmp_path: Path) -> No
     assert "was not closed cleanly and is corrupt" in message and "\n" not in message
     assert "restore it from a backup" in message
     assert path.read_bytes() == before
+    assert check_file(str(path)).problems
+
+
+def test_a_file_left_by_a_crash_with_an_index_that_misses_rows_is_refused(tmp_path: Path) -> None:
+    """The damage of a file copied while in use: well-formed pages (quick_check passes), an
+    index that misses a row, so fetches would skip records. The check at open finds it."""
+    path = tmp_path / "app.db"
+    crash_while_writing(path, batches=30, records=3)
+    stale_index_entry(path)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    conn.close()
+    with pytest.raises(errors.DatabaseError, match="missing from index"):
+        Broker(str(path))
     assert check_file(str(path)).problems
 
 
