@@ -20,7 +20,7 @@ import time
 from typing import NamedTuple
 
 from runtime.broker.codec import decode_batch
-from runtime.broker.schema import APPLICATION_ID, SCHEMA_VERSION, storage_error
+from runtime.broker.schema import APPLICATION_ID, SCHEMA_VERSION, is_corruption, storage_error
 from runtime.errors import DatabaseError, InvalidRequestError, ResourceError, StreamsError
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ def check_at_open(conn: sqlite3.Connection, path: str) -> None:
     try:
         rows = [r[0] for r in conn.execute(f"PRAGMA integrity_check({MAX_PROBLEMS})")]
     except sqlite3.DatabaseError as exc:
+        if not is_corruption(exc):
+            raise storage_error(exc, path) from exc
         rows = [str(exc)]
     if rows != ["ok"]:
         raise DatabaseError(
@@ -145,7 +147,10 @@ def check_file(path: str) -> CheckReport:
     started = time.perf_counter()
     problems: list[str] = []
     pages = batches = 0
-    conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+    try:
+        conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path) from exc
     try:
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -166,6 +171,8 @@ def check_file(path: str) -> CheckReport:
                 except DatabaseError as exc:
                     problems.append(f"batch at offset {base} of partition id {tp}: {exc}")
         except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):  # the disk, a lock: not the file's fault
+                raise storage_error(exc, path) from exc
             problems.append(str(exc))
     finally:
         conn.close()

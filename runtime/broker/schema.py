@@ -165,7 +165,7 @@ def storage_error(exc: sqlite3.Error, path: str) -> StreamsError:
     message = str(exc)
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in message:
         return DatabaseLockedError(f"broker database {path!r} stayed locked: {message}")
-    if code == sqlite3.SQLITE_FULL:
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _no_space(path)):
         return DiskFullError(
             f"broker database {path!r}: the disk is full ({message}); nothing was written: "
             "free some space and the same call succeeds"
@@ -185,6 +185,22 @@ def storage_error(exc: sqlite3.Error, path: str) -> StreamsError:
             "and restore it from a backup (docs/operations.md)"
         )
     return DatabaseError(f"broker database {path!r}: {message}")
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is damaged (not the disk under it, not a lock)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _no_space(path: str) -> bool:
+    """Whether the file system holding `path` is (nearly) full: SQLite reports some writes
+    that fail for want of space (growing the -shm file) as I/O errors."""
+    try:
+        info = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < 1 << 20
 
 
 def _statements(script: str) -> list[str]:

@@ -228,3 +228,24 @@ def test_check_file_finds_a_flipped_payload_byte(tmp_path: Path) -> None:
     path.write_bytes(data[:at] + b"N" + data[at + 1 :])
     problems = check_file(str(path)).problems
     assert len(problems) == 1 and "checksum mismatch" in problems[0]
+
+
+def test_an_io_error_on_a_full_file_system_is_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a file on a full disk fails to grow its -shm: SQLite says "disk I/O error".
+    With no space left that is a DiskFullError (retriable), never "corrupt"."""
+    from runtime.broker import schema
+
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = 4874  # SQLITE_IOERR_SHMSIZE
+    path = str(tmp_path / "app.db")
+    assert type(schema.storage_error(error, path)) is errors.ResourceError
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(schema.os, "statvfs", lambda _: Full)
+    mapped = schema.storage_error(error, path)
+    assert isinstance(mapped, errors.DiskFullError) and "the disk is full" in str(mapped)
+    assert not schema.is_corruption(error)
