@@ -162,12 +162,14 @@ async def _delete_topic(broker: Transport, name: str, *, force: bool) -> None:
             or (topic.compacted and name.startswith(f"{group_id}-"))  # its app's changelog
         ]
         if members:
-            readers.append(f"{group_id!r} ({len(members)} live member{'s'[: len(members) > 1]})")
+            readers.append(f"{group_id!r} ({_count(len(members), 'live member')})")
         elif any(tp.topic == name for tp in group.offsets):
             committed.append(repr(group_id))
     losses = []
     if topic.compacted and name.endswith("-changelog"):
-        losses.append(f"it is a table's changelog: the table's whole state ({records} records)")
+        losses.append(
+            f"it is a table's changelog: the table's whole state ({_count(records, 'record')})"
+        )
     if readers:
         losses.append(f"live groups consume it: {', '.join(readers)}")
     if losses and not force:
@@ -176,10 +178,14 @@ async def _delete_topic(broker: Transport, name: str, *, force: bool) -> None:
             "--force to delete it anyway"
         )
     await broker.delete_topic(name)
-    lost = [f"{records} records"]
+    lost = [_count(records, "record")]
     if committed:
         lost.append(f"the committed offsets of groups {', '.join(committed)}")
     print(f"deleted {name} ({'; '.join(lost + losses)})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 async def _broker(url: str, args: argparse.Namespace) -> None:
@@ -196,7 +202,7 @@ async def _broker(url: str, args: argparse.Namespace) -> None:
             more = len(report.problems) - 1
             raise DatabaseError(
                 f"{path!r} is corrupt: {report.problems[0]}"
-                + (f" (and {more} more problems)" if more else "")
+                + (f" (and {_count(more, 'more problem')})" if more else "")
                 + "; restore it from a backup (docs/operations.md)"
             )
         print(
@@ -205,7 +211,8 @@ async def _broker(url: str, args: argparse.Namespace) -> None:
         )
         return
     async with connect(url) as transport:
-        assert isinstance(transport, EmbeddedTransport)
+        if not isinstance(transport, EmbeddedTransport):
+            raise ConfigurationError(f"{url!r} is not served by the embedded broker")
         copy = await transport.backup(args.dest)
     print(f"backed up {path} to {copy.path} ({copy.bytes} bytes, checked) in {copy.seconds:.2f} s")
 
@@ -334,7 +341,6 @@ def _worker(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         print(f"streams: error: {exc}", file=sys.stderr)
-        # A setting or the broker is wrong: restarting will not help; the supervisor stops.
         return exit_code(exc)  # a full disk (75) is restarted; a wrong setting (78) is not
     return 0
 

@@ -96,7 +96,7 @@ def test_deleting_a_table_changelog_needs_force(tmp_path: Path) -> None:
     refused = streams("topics", "delete", "wordcount-counts-changelog", cwd=tmp_path)
     one_error_line(
         refused,
-        "it is a table's changelog: the table's whole state (1 records)",
+        "it is a table's changelog: the table's whole state (1 record)",
         "'wordcount' (1 live member)",
     )
     forced = streams("topics", "delete", "wordcount-counts-changelog", "--force", cwd=tmp_path)
