@@ -147,7 +147,7 @@ async def _delete_topic(broker: Transport, name: str, *, force: bool) -> None:
     """Delete a topic; a table's changelog (the table's state) or a topic that a live group
     consumes only with `force`. Says what was (or would be) lost."""
     topic = await broker.describe_topic(name)
-    records = 0
+    records = 0  # offsets in the log: records, and transaction markers, which take one each
     for p in range(topic.partitions):
         info = await broker.partition_info(name, p)
         records += info.high_watermark - info.log_start
@@ -167,18 +167,18 @@ async def _delete_topic(broker: Transport, name: str, *, force: bool) -> None:
             committed.append(repr(group_id))
     losses = []
     if topic.compacted and name.endswith("-changelog"):
-        losses.append(
-            f"it is a table's changelog: the table's whole state ({_count(records, 'record')})"
-        )
+        state = f"up to {_count(records, 'record')}"
+        losses.append(f"it is a table's changelog: the table's whole state ({state})")
     if readers:
         losses.append(f"live groups consume it: {', '.join(readers)}")
     if losses and not force:
         raise InvalidRequestError(
-            f"refusing to delete topic {name!r}: {'; '.join(losses)}; stop the app, or add "
-            "--force to delete it anyway"
+            f"refusing to delete topic {name!r}: {'; '.join(losses)}; "
+            + ("stop the app, or add " if readers else "add ")
+            + "--force to delete it anyway"
         )
     await broker.delete_topic(name)
-    lost = [_count(records, "record")]
+    lost = [f"up to {_count(records, 'record')}"]
     if committed:
         lost.append(f"the committed offsets of groups {', '.join(committed)}")
     print(f"deleted {name} ({'; '.join(lost + losses)})")
