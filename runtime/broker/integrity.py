@@ -91,8 +91,9 @@ def wal_bytes(path: str) -> int:
 
 def opened_uncleanly(conn: sqlite3.Connection, wal_left: int) -> bool:
     """Whether the last connection before this one did not close the file cleanly: it left a
-    non-empty write-ahead log (`wal_left` bytes, measured before opening), or never marked
-    the file closed (a crash, or a file copied while in use)."""
+    non-empty write-ahead log (`wal_left` bytes; a clean last close removes it), or never
+    marked the file closed (a crash, or a file copied while in use). Asked by the first
+    opener only, while no other connection can write."""
     if wal_left > 0:
         return True
     row = conn.execute("SELECT value FROM counters WHERE name = ?", (OPEN_COUNTER,)).fetchone()
