@@ -77,11 +77,11 @@ class SmallDisk:
                 "PYTHONPATH": f"{scratch}{os.pathsep}{ROOT}",
             }
 
-    def fill(self, broker: Broker | None = None) -> None:
-        """Leave about MARGIN bytes for the broker file to grow into (without a mount: in
+    def fill(self, broker: Broker | None = None, margin: int = MARGIN) -> None:
+        """Leave about `margin` bytes for the broker file to grow into (without a mount: in
         `broker`'s connection and in child processes run with `env`)."""
         if self.mounted:
-            room = shutil.disk_usage(self.path).free - MARGIN
+            room = shutil.disk_usage(self.path).free - margin
             with open(self._filler, "wb") as handle:
                 handle.write(b"\0" * max(0, room))
             return
@@ -89,7 +89,7 @@ class SmallDisk:
         if broker is not None:
             pages = broker.conn.execute("PRAGMA page_count").fetchone()[0]
             page_size = broker.conn.execute("PRAGMA page_size").fetchone()[0]
-            broker.conn.execute(f"PRAGMA max_page_count = {pages + MARGIN // page_size}")
+            broker.conn.execute(f"PRAGMA max_page_count = {pages + margin // page_size}")
 
     def free(self, broker: Broker | None = None) -> None:
         """Space returns."""

@@ -17,7 +17,7 @@ import pytest
 from runtime.broker import Broker
 from runtime.broker.producer import BatchProducer
 from runtime.types import TopicPartition
-from tests.disk_helpers import corrupt_a_table_page, read_only
+from tests.disk_helpers import corrupt_a_table_page, read_only, small_disk
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,25 @@ def test_send_to_a_read_only_broker_fails_in_one_line(tmp_path: Path, how: str) 
         assert time.monotonic() - started < 10
     one_error_line(result, "read-only")
     assert "sent" not in result.stdout
+
+
+def test_send_on_a_full_disk_fails_in_one_line_and_works_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        env = {**disk.env, "STREAMS_BROKER": f"sqlite:///{disk.path}/streams.db"}
+        assert streams("topics", "create", "words", cwd=tmp_path, env=env).returncode == 0
+        disk.fill(margin=0)
+        for args in (["hello"], ["--file", "words.txt"]):
+            (tmp_path / "words.txt").write_text("a\nb\n")
+            started = time.monotonic()
+            result = streams("send", "words", *args, cwd=tmp_path, env=env, timeout=15)
+            assert time.monotonic() - started < 10
+            one_error_line(result, "the disk is full", "free some space")
+        disk.free()
+        result = streams("send", "words", "hello", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "sent to words[0] at offset 0\n"
 
 
 # --- topics delete --------------------------------------------------------------------------
