@@ -13,6 +13,7 @@ by SQLite itself, through `PRAGMA max_page_count` on the broker's connection (SQ
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import sqlite3
@@ -81,9 +82,15 @@ class SmallDisk:
         """Leave about `margin` bytes for the broker file to grow into (without a mount: in
         `broker`'s connection and in child processes run with `env`)."""
         if self.mounted:
-            room = shutil.disk_usage(self.path).free - margin
-            with open(self._filler, "wb") as handle:
-                handle.write(b"\0" * max(0, room))
+            chunk = b"\0" * 65536
+            with open(self._filler, "ab") as handle:
+                try:  # others write meanwhile: fill in steps, until the margin or no space
+                    while (room := shutil.disk_usage(self.path).free - margin) > 0:
+                        handle.write(chunk[: min(room, len(chunk))])
+                        handle.flush()
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
             return
         self._flag.touch()
         if broker is not None:
