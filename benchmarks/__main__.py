@@ -12,6 +12,7 @@ BENCHMARKS = {
     "wordcount": "benchmarks.wordcount",
     "scaling": "benchmarks.scaling",
     "windows": "benchmarks.windows",
+    "brokerfile": "benchmarks.brokerfile",
 }
 
 

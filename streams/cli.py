@@ -32,14 +32,17 @@ from typing import IO, Any
 
 import orjson
 
+from runtime.broker.integrity import check_file
 from runtime.errors import (
     ConfigurationError,
+    DatabaseError,
     InvalidRequestError,
     StreamsError,
     UnknownTopicError,
     exit_code,
 )
 from runtime.transport import READ_COMMITTED, READ_UNCOMMITTED, Transport, connect
+from runtime.transport.embedded.transport import EmbeddedTransport, sqlite_path
 from runtime.types import TopicPartition
 from runtime.worker.failures import write_failure
 from runtime.worker.parent import die_with_parent, parent_gone
@@ -78,8 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--compacted", action="store_true")
     create.add_argument("--retention-ms", type=int)
     create.add_argument("--retention-bytes", type=int)
-    for action in ("describe", "delete"):
-        topic_commands.add_parser(action).add_argument("name")
+    topic_commands.add_parser("describe").add_argument("name")
+    delete = topic_commands.add_parser("delete")
+    delete.add_argument("name")
+    delete.add_argument(
+        "--force",
+        action="store_true",
+        help="delete a table's changelog, or a topic a live group consumes (loses state)",
+    )
 
     send = commands.add_parser("send", help="send one record, or one per line of a file")
     send.add_argument("topic")
@@ -146,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     to.add_argument("--to-datetime", metavar="ISO", help="the first record at or after this time")
     to.add_argument("--shift-by", type=int, metavar="N", help="N records on (or back, if <0)")
     reset.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+    broker = commands.add_parser("broker", help="back up or check the embedded broker's file")
+    broker_commands = broker.add_subparsers(dest="action", required=True)
+    broker_commands.add_parser(
+        "backup", help="copy the live broker file, consistently, to a new file, and check it"
+    ).add_argument("dest", help="path of the copy (must not exist)")
+    broker_commands.add_parser("check", help="check the broker file's integrity (read-only)")
     _share_options(parser)
     return parser
 
@@ -199,8 +215,7 @@ async def _topics(broker: Transport, args: argparse.Namespace) -> None:
         )
         print(f"created {topic.name} ({topic.partitions} partitions)")
     elif args.action == "delete":
-        await broker.delete_topic(args.name)
-        print(f"deleted {args.name}")
+        await _delete_topic(broker, args.name, force=args.force)
     else:
         topic = await broker.describe_topic(args.name)
         print(
@@ -211,6 +226,80 @@ async def _topics(broker: Transport, args: argparse.Namespace) -> None:
         for p in range(topic.partitions):
             info = await broker.partition_info(topic.name, p)
             print(f"{p}\t{info.log_start}\t{info.high_watermark}\t{info.last_stable}\t{info.bytes}")
+
+
+async def _delete_topic(broker: Transport, name: str, *, force: bool) -> None:
+    """Delete a topic; a table's changelog (the table's state) or a topic that a live group
+    consumes only with `force`. Says what was (or would be) lost."""
+    topic = await broker.describe_topic(name)
+    records = 0  # offsets in the log: records, and transaction markers, which take one each
+    for p in range(topic.partitions):
+        info = await broker.partition_info(name, p)
+        records += info.high_watermark - info.log_start
+    readers, committed = [], []
+    for group_id in await broker.list_groups():
+        group = await broker.describe_group(group_id)
+        members = [
+            m
+            for m in group.members
+            if name in m.topics
+            or any(tp.topic == name for tp in m.assignment)
+            or (topic.compacted and name.startswith(f"{group_id}-"))  # its app's changelog
+        ]
+        if members:
+            readers.append(f"{group_id!r} ({_count(len(members), 'live member')})")
+        elif any(tp.topic == name for tp in group.offsets):
+            committed.append(repr(group_id))
+    losses = []
+    if topic.compacted and name.endswith("-changelog"):
+        state = f"up to {_count(records, 'record')}"
+        losses.append(f"it is a table's changelog: the table's whole state ({state})")
+    if readers:
+        losses.append(f"live groups consume it: {', '.join(readers)}")
+    if losses and not force:
+        raise InvalidRequestError(
+            f"refusing to delete topic {name!r}: {'; '.join(losses)}; "
+            + ("stop the app, or add " if readers else "add ")
+            + "--force to delete it anyway"
+        )
+    await broker.delete_topic(name)
+    lost = [f"up to {_count(records, 'record')}"]
+    if committed:
+        lost.append(f"the committed offsets of groups {', '.join(committed)}")
+    print(f"deleted {name} ({'; '.join(lost + losses)})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+async def _broker(url: str, args: argparse.Namespace) -> None:
+    """`streams broker backup DEST` and `streams broker check`: the embedded broker's file."""
+    path = sqlite_path(url)
+    if path is None:
+        raise ConfigurationError(
+            f"`streams broker {args.action}` works on an embedded broker file (sqlite:///...), "
+            f"not {url!r}"
+        )
+    if args.action == "check":
+        report = await asyncio.to_thread(check_file, path)
+        if report.problems:
+            more = len(report.problems) - 1
+            raise DatabaseError(
+                f"{path!r} is corrupt: {report.problems[0]}"
+                + (f" (and {_count(more, 'more problem')})" if more else "")
+                + "; restore it from a backup (docs/operations.md)"
+            )
+        print(
+            f"ok: {path}: {report.pages} pages, {report.batches} record batches checked "
+            f"in {report.seconds:.2f} s"
+        )
+        return
+    async with connect(url) as transport:
+        if not isinstance(transport, EmbeddedTransport):
+            raise ConfigurationError(f"{url!r} is not served by the embedded broker")
+        copy = await transport.backup(args.dest)
+    print(f"backed up {path} to {copy.path} ({copy.bytes} bytes, checked) in {copy.seconds:.2f} s")
 
 
 async def _send(broker: Transport, args: argparse.Namespace, app: App | None = None) -> None:
@@ -599,7 +688,11 @@ async def _run(args: argparse.Namespace) -> None:
         "tail": _tail,
         "groups": _groups,
     }
-    async with connect(broker_url(args)) as broker:
+    url = broker_url(args)
+    if args.command == "broker":
+        await _broker(url, args)
+        return
+    async with connect(url) as broker:
         await handlers[args.command](broker, args)
 
 

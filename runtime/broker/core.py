@@ -14,6 +14,7 @@ runs it off the event loop.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,17 +22,23 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
 from runtime.broker.groups import GroupDescription, Groups, MemberState
+from runtime.broker.integrity import (
+    BackupReport,
+    OpenGuard,
+    backup,
+    check_at_open,
+    mark_open,
+    opened_uncleanly,
+    wal_bytes,
+)
 from runtime.broker.log import Log, Topic
-from runtime.broker.schema import DATA, TXN, open_database
+from runtime.broker.schema import DATA, TXN, open_database, storage_error
 from runtime.broker.transactions import NO_PRODUCER, Transactions
 from runtime.errors import (
-    DatabaseError,
-    DatabaseLockedError,
     InvalidRequestError,
     InvalidTxnStateError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
-    StreamsError,
     UnknownTopicError,
 )
 from runtime.types import (
@@ -53,6 +60,7 @@ DEFAULT_DELETE_RETENTION_MS = 86_400_000
 EXPIRY_CHECK_INTERVAL_MS = 100
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ProduceBatch(NamedTuple):
@@ -94,6 +102,9 @@ class Broker:
     ) -> None:
         self.path = path
         self.conn = open_database(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        self._guard: OpenGuard | None = None
+        if path != ":memory:":
+            self._check_at_open()
         self.clock = clock
         self.max_record_bytes = max_record_bytes
         self.log = Log(self.conn)
@@ -101,29 +112,77 @@ class Broker:
         self.txns = Transactions(self.conn, self.log, self.groups)
         self._next_expiry_check = 0
 
+    def _check_at_open(self) -> None:
+        """Hold the file's open guard. As the first connection to the file: refuse it if it
+        was not closed cleanly and fails SQLite's integrity_check; then mark it in use and
+        let other connections in (they wait for the check)."""
+        try:
+            self._guard = OpenGuard.acquire(self.path)
+            if self._guard is None or not self._guard.first:
+                return
+            if opened_uncleanly(self.conn, wal_bytes(self.path)):
+                started = time.perf_counter()
+                check_at_open(self.conn, self.path)
+                log.info(
+                    "broker database %s was not closed cleanly: its check passed in %.2f s",
+                    self.path,
+                    time.perf_counter() - started,
+                )
+            mark_open(self.conn, True)
+            self._guard.share()
+        except BaseException as exc:
+            self.conn.close()
+            if self._guard is not None:
+                self._guard.release()
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc, self.path) from exc
+            raise
+
     def close(self) -> None:
+        if self._guard is not None and self._guard.last() and not self.conn.in_transaction:
+            mark_open(self.conn, False)  # the last connection: the file is closed cleanly
         self.conn.close()
+        if self._guard is not None:
+            self._guard.release()
+            self._guard = None
+
+    def backup(self, dest: str) -> BackupReport:
+        """Copy this database, as of now, to the new file `dest` while others keep writing
+        (SQLite's online backup API), and check the copy."""
+        if self.path == ":memory:":
+            raise InvalidRequestError("an in-memory broker has no file to back up")
+        if self.conn.in_transaction:  # a failed call may have left one open
+            self.conn.execute("ROLLBACK")
+        return backup(self.conn, self.path, dest)
 
     # --- transactions of the database ---------------------------------------------------
 
     @contextmanager
     def _transaction(self, mode: str) -> Iterator[None]:
+        """One SQLite transaction. When it fails, whatever it did is rolled back (SQLite may
+        have done so already, e.g. on a full disk) and the cached topic metadata is dropped,
+        so the next call starts from what the file holds."""
         try:
+            self._rollback()  # a rollback that failed earlier must not wedge the connection
             self.conn.execute(mode)
-        except sqlite3.OperationalError as exc:
-            raise _storage_error(exc, self.path) from exc
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path) from exc
         try:
             yield
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-        try:
             self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise _storage_error(exc, self.path) from exc
+        except BaseException as exc:
+            self.log.forget()
+            try:
+                self._rollback()
+            except sqlite3.Error:
+                log.warning("rollback failed on %s; retried at the next call", self.path)
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc, self.path) from exc
+            raise
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def _run(self, mode: str, operation: Callable[[], T]) -> T:
         """Run `operation` in one transaction, with topic metadata checked against the
@@ -138,7 +197,7 @@ class Broker:
                     raise
                 self.log.forget()
             except sqlite3.Error as exc:
-                raise _storage_error(exc, self.path) from exc
+                raise storage_error(exc, self.path) from exc
         raise AssertionError("unreachable")
 
     def _write(self, operation: Callable[[int], T]) -> T:
@@ -154,7 +213,10 @@ class Broker:
 
     def data_version(self) -> int:
         """Changes when another connection commits to the database (for long polling)."""
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        try:
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path) from exc
 
     # --- topics -------------------------------------------------------------------------
 
@@ -532,13 +594,6 @@ def _describe(topic: Topic) -> TopicDescription:
     return TopicDescription(
         topic.name, topic.partitions, topic.compacted, topic.retention_ms, topic.retention_bytes
     )
-
-
-def _storage_error(exc: sqlite3.Error, path: str) -> StreamsError:
-    message = str(exc)
-    if "locked" in message or "busy" in message:
-        return DatabaseLockedError(f"broker database {path!r} stayed locked: {message}")
-    return DatabaseError(f"broker database {path!r}: {message}")
 
 
 __all__ = [

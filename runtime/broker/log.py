@@ -162,8 +162,10 @@ class Log:
         return topic
 
     def forget(self) -> None:
-        """Drop cached topic metadata (another connection deleted or re-created a topic)."""
+        """Drop cached topic metadata (another connection deleted or re-created a topic, or
+        a transaction that read or changed it was rolled back)."""
         self._topics.clear()
+        self._topics_version = -1
 
     def topics(self) -> list[TopicDescription]:
         rows = self.conn.execute(

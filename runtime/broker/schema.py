@@ -17,9 +17,12 @@ import time
 from runtime.errors import (
     DatabaseError,
     DatabaseLockedError,
+    DiskFullError,
     ForeignDatabaseError,
     NotADatabaseError,
+    ResourceError,
     SchemaVersionError,
+    StreamsError,
 )
 
 APPLICATION_ID = 0x5354524D  # "STRM"
@@ -150,6 +153,54 @@ CREATE TABLE counters (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+def storage_error(exc: sqlite3.Error, path: str) -> StreamsError:
+    """The typed error for an SQLite error on the broker file at `path`, in one line.
+
+    A full disk and an I/O error are ResourceErrors (the same call may succeed later: nothing
+    was written, and the connection stays usable); a read-only or corrupt file is a
+    DatabaseError (retrying will not help)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    message = str(exc)
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in message:
+        return DatabaseLockedError(f"broker database {path!r} stayed locked: {message}")
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _no_space(path)):
+        return DiskFullError(
+            f"broker database {path!r}: the disk is full ({message}); nothing was written: "
+            "free some space and the same call succeeds"
+        )
+    if code == sqlite3.SQLITE_IOERR:
+        return ResourceError(
+            f"broker database {path!r}: disk I/O error ({message}); nothing was written"
+        )
+    if code == sqlite3.SQLITE_READONLY:
+        return DatabaseError(
+            f"broker database {path!r} is read-only ({message}): give this process write "
+            "access to the file and its directory"
+        )
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return DatabaseError(
+            f"broker database {path!r} is corrupt ({message}): run `streams broker check` "
+            "and restore it from a backup (docs/operations.md)"
+        )
+    return DatabaseError(f"broker database {path!r}: {message}")
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is damaged (not the disk under it, not a lock)."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _no_space(path: str) -> bool:
+    """Whether the file system holding `path` is (nearly) full: SQLite reports some writes
+    that fail for want of space (growing the -shm file) as I/O errors."""
+    try:
+        info = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < 1 << 20
 
 
 def _statements(script: str) -> list[str]:
@@ -286,15 +337,16 @@ def open_database(
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:
         conn.close()
         if "locked" in str(exc) or "busy" in str(exc):
             raise DatabaseLockedError(
                 f"broker database {path!r} is locked by another program: {exc}"
             ) from exc
-        raise DatabaseError(f"cannot open broker database {path!r}: {exc}") from exc
+        raise storage_error(exc, path) from exc
     except BaseException:
         conn.close()
         raise

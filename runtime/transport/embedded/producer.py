@@ -135,7 +135,7 @@ class EmbeddedProducer(Producer):
         try:
             async with self._lock:
                 await self._write_pending()
-        except StreamsError as exc:
+        except Exception as exc:  # every record's callback has it; flush() raises it
             self._error = exc
 
     async def flush(self) -> None:
@@ -159,15 +159,15 @@ class EmbeddedProducer(Producer):
         if failed:
             raise failed
 
-    async def _place_unplaced(self) -> StreamsError | None:
+    async def _place_unplaced(self) -> Exception | None:
         """Fetch metadata for topics not seen before and place their records; records of
         unknown topics fail (their callbacks get the error), the others go on."""
         records, self._unplaced = self._unplaced, []
-        failed: StreamsError | None = None
+        failed: Exception | None = None
         for record in records:
             try:
                 self._place(await self.transport.partitions_of(record[0]), *record)
-            except StreamsError as exc:
+            except Exception as exc:
                 failed = failed or exc
                 if record[6] is not None:
                     record[6](None, exc)
@@ -198,12 +198,22 @@ class EmbeddedProducer(Producer):
         batch.add(key, value, timestamp, headers, callback)
 
     async def _write(self, batches: dict[TopicPartition, _Batch]) -> None:
+        """Write `batches` in one broker call. Whatever fails (the producer id, the write),
+        every record's delivery callback gets the error, so no `send()` waits forever."""
+        try:
+            await self._write_batches(batches)
+        except BaseException as exc:
+            if isinstance(exc, ProducerFencedError):
+                self._fenced = exc
+            error = exc if isinstance(exc, Exception) else StreamsError("the write was cancelled")
+            for batch in batches.values():
+                batch.fail(error)
+            raise
+
+    async def _write_batches(self, batches: dict[TopicPartition, _Batch]) -> None:
         if self._pid is None:
             if self.transactional_id is not None:
-                error = InvalidTxnStateError("call init_transactions() first")
-                for batch in batches.values():
-                    batch.fail(error)
-                raise error
+                raise InvalidTxnStateError("call init_transactions() first")
             self._pid, self._epoch = await self.transport._write(
                 self.transport.broker.init_producer_id
             )
@@ -220,20 +230,13 @@ class EmbeddedProducer(Producer):
             for tp, batch in batches.items()
         ]
         transactional = self.transactional_id is not None
-        try:
-            offsets = await self.transport._write(
-                self.transport.broker.produce,
-                self._pid,
-                self._epoch,
-                requests,
-                transactional=transactional,
-            )
-        except StreamsError as exc:
-            if isinstance(exc, ProducerFencedError):
-                self._fenced = exc
-            for batch in batches.values():
-                batch.fail(exc)
-            raise
+        offsets = await self.transport._write(
+            self.transport.broker.produce,
+            self._pid,
+            self._epoch,
+            requests,
+            transactional=transactional,
+        )
         if transactional:
             self._transaction_written = True
         for (tp, batch), base in zip(batches.items(), offsets, strict=True):

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from runtime.broker import Broker, FetchResult, GroupDescription
+from runtime.broker.integrity import BackupReport
 from runtime.errors import ConfigurationError, DatabaseLockedError, StreamsError
 from runtime.transport.base import READ_UNCOMMITTED, Transport
 from runtime.transport.embedded.consumer import EmbeddedConsumer
@@ -145,14 +146,22 @@ def _open_core(url: str) -> tuple[_Core, str | None]:
                 core = _memory_cores[name] = _Core(Broker(":memory:", **kwargs), False, interval)
             core.users += 1
         return core, name
-    if parts.scheme == "sqlite":
-        path = url.split("://", 1)[1].split("?", 1)[0]
-        if not path.startswith("/") or path == "/":
-            raise ConfigurationError(
-                f"bad sqlite URL {url!r}: use sqlite:///relative/path.db or sqlite:////abs/path.db"
-            )
-        return _Core(Broker(path[1:], **kwargs), True, interval), None
+    path = sqlite_path(url)
+    if path is not None:
+        return _Core(Broker(path, **kwargs), True, interval), None
     raise ConfigurationError(f"the embedded broker does not serve {url!r}")
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file path of a `sqlite:///path` URL (None for other schemes)."""
+    if urlsplit(url).scheme != "sqlite":
+        return None
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    if not path.startswith("/") or path == "/":
+        raise ConfigurationError(
+            f"bad sqlite URL {url!r}: use sqlite:///relative/path.db or sqlite:////abs/path.db"
+        )
+    return path[1:]
 
 
 class EmbeddedTransport(Transport):
@@ -244,6 +253,11 @@ class EmbeddedTransport(Transport):
 
     async def delete_group(self, group_id: str) -> None:
         await self._write(self.broker.delete_group, group_id)
+
+    async def backup(self, dest: str) -> BackupReport:
+        """Copy the broker file, as of now, to the new file `dest` (others go on writing),
+        and check the copy; see `Broker.backup`."""
+        return await self._call(self.broker.backup, dest)
 
     async def maintain(self, force_compaction: bool = False) -> dict[str, int]:
         """Retention, compaction and transaction timeouts, now."""
