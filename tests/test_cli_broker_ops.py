@@ -18,6 +18,7 @@ from runtime.broker import Broker
 from runtime.broker.producer import BatchProducer
 from runtime.types import TopicPartition
 from tests.disk_helpers import corrupt_a_table_page, read_only, small_disk
+from tests.test_cli import streams as run_streams
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,14 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def streams(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 20
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-    )
+    return run_streams(*args, cwd=cwd, env=env, timeout=timeout)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], *parts: str) -> str:

@@ -42,6 +42,7 @@ from runtime.worker.agents import AgentRunner
 from runtime.worker.commit import CommitCycle
 from runtime.worker.failures import (
     AgentPolicy,
+    PolicySettings,
     agent_policies,
     dead_letter_headers,
     one_line,
@@ -59,8 +60,9 @@ STANDBY_INTERVAL_S = 0.5  # how often standby partitions are tailed
 STANDBY_BATCH = 20_000  # changelog records copied per standby partition per round
 
 
-class WorkerSettings(Protocol):
-    """The settings a worker reads (streams.Settings provides them)."""
+class WorkerSettings(PolicySettings, Protocol):
+    """The settings a worker reads (streams.Settings provides them); the error policies'
+    (on_error, on_decode_error, dead_letter_topic) come with PolicySettings."""
 
     @property
     def processing_guarantee(self) -> str: ...
@@ -72,12 +74,6 @@ class WorkerSettings(Protocol):
     def state_dir(self) -> str: ...
     @property
     def max_poll_records(self) -> int: ...
-    @property
-    def on_error(self) -> str: ...
-    @property
-    def on_decode_error(self) -> str | None: ...
-    @property
-    def dead_letter_topic(self) -> str: ...
     @property
     def transaction_timeout_ms(self) -> int: ...
     @property

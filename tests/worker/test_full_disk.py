@@ -130,7 +130,9 @@ def test_a_worker_survives_a_full_disk_and_finishes_exactly_once(tmp_path: Path)
             loader.stdin.flush()
             assert said.get(timeout=30) == "stalled"  # the producer sees it too
             wait_for(
-                lambda: log.read_text().count(f"exited with {EXIT_TEMPFAIL};") >= 2,
+                lambda: (
+                    log.read_text().count(f"exited with {EXIT_TEMPFAIL} (a resource is short)") >= 2
+                ),
                 30,
                 "the worker to exit with 75 twice while the disk is full",
             )
