@@ -229,7 +229,7 @@ async def on_kafka(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as directory:
         tansu = None
         if args.broker == "kafka":
-            from tests.kafka_broker import TansuBroker  # the test suite's launcher
+            from runtime.testing import TansuBroker
 
             tansu = TansuBroker.start(Path(directory))
             # Tansu mishandles static members after a kill (docs/transport.md)
