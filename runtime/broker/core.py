@@ -31,7 +31,7 @@ from runtime.broker.integrity import (
     opened_uncleanly,
     wal_bytes,
 )
-from runtime.broker.log import Log, Topic
+from runtime.broker.log import Log, StoredBatch, Topic
 from runtime.broker.schema import DATA, TXN, open_database, storage_error
 from runtime.broker.transactions import NO_PRODUCER, Transactions
 from runtime.errors import (
@@ -369,10 +369,20 @@ class Broker:
 
     # --- transactions -------------------------------------------------------------------
 
-    def end_transaction(self, pid: int, epoch: int, commit: bool) -> int:
+    def begin_transaction(self, pid: int, epoch: int) -> None:
+        """Open a transaction before its first write (its timeout starts now); fenced
+        producers are refused. Writes and offsets open one too: this is for a protocol whose
+        clients announce a transaction before writing."""
+        self._write(lambda now: self.txns.begin(pid, epoch, now))
+
+    def end_transaction(
+        self, pid: int, epoch: int, commit: bool, *, bump_epoch: bool = True
+    ) -> int:
         """Write COMMIT or ABORT markers to every partition the transaction touched and
-        publish (or drop) its offsets. Returns the producer's new epoch."""
-        return self._write(lambda now: self.txns.end(pid, epoch, commit, now))
+        publish (or drop) its offsets. Returns the producer's epoch after it: the next one,
+        which fences writes delayed past the end (or, with `bump_epoch=False`, the same one,
+        for Kafka clients that keep their epoch across transactions)."""
+        return self._write(lambda now: self.txns.end(pid, epoch, commit, now, bump_epoch))
 
     def send_offsets_to_transaction(
         self, pid: int, epoch: int, offsets: Mapping[TopicPartition, int], group: GroupMetadata
@@ -442,6 +452,39 @@ class Broker:
                     budget -= len(records)
                 results[TopicPartition(*tp)] = FetchResult(records, position, hw, lso, log_start)
             return results
+
+        return self._read(run)
+
+    def fetch_batches(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        *,
+        max_bytes: int = 1 << 20,
+        isolation: str = READ_UNCOMMITTED,
+    ) -> tuple[list[StoredBatch], int, int, int]:
+        """Stored batches of one partition from `offset`, whole (as a Kafka broker returns
+        them, markers included), at least one and then up to `max_bytes`; and the partition's
+        (high watermark, last stable offset, log start). read_committed stops at the LSO and
+        leaves out batches of aborted transactions."""
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidRequestError(f"isolation must be one of {ISOLATION_LEVELS}")
+        committed = isolation == READ_COMMITTED
+        if committed:
+            self._expire_if_due()
+
+        def run() -> tuple[list[StoredBatch], int, int, int]:
+            tp_id = self.log.tp_id(tp.topic, tp.partition)
+            log_start, hw, _ = self.log.offsets(tp_id)
+            self.log.check_offset(TopicPartition(*tp), offset, log_start, hw)
+            lso = self.log.last_stable(tp_id, hw)
+            end = lso if committed else hw
+            batches = (
+                self.log.read_batches(tp_id, offset, end, max_bytes, committed)
+                if offset < end
+                else []
+            )
+            return batches, hw, lso, log_start
 
         return self._read(run)
 

@@ -49,6 +49,20 @@ class Topic(NamedTuple):
     tp_ids: tuple[int, ...]
 
 
+class StoredBatch(NamedTuple):
+    """One stored batch with its producer fields and decoded columns (for a server that
+    hands batches on as they are, e.g. the Kafka protocol's Fetch)."""
+
+    base_offset: int
+    last_offset: int
+    pid: int
+    epoch: int
+    base_seq: int
+    kind: int
+    batch: DecodedBatch | None  # None for a control marker
+    size: int  # bytes of the stored payload
+
+
 class Log:
     """Topic metadata and record batches of one broker database."""
 
@@ -319,6 +333,32 @@ class Log:
         else:
             position = max(position, end) if end > offset else position
         return records, position
+
+    def read_batches(
+        self, tp_id: int, offset: int, end: int, max_bytes: int, committed: bool
+    ) -> list[StoredBatch]:
+        """Whole batches holding offsets from `offset` up to `end` (exclusive), at least one
+        visible batch and then up to `max_bytes` of payload. Under `committed`, batches of
+        aborted transactions are left out (the control marker after them still advances a
+        reader past them)."""
+        rows = self.conn.execute(
+            "SELECT base_offset, last_offset, pid, epoch, base_seq, kind, payload FROM batches"
+            " WHERE tp = ?1 AND base_offset >= coalesce((SELECT max(base_offset) FROM batches"
+            " WHERE tp = ?1 AND base_offset <= ?2), 0) AND base_offset < ?3"
+            " ORDER BY base_offset",
+            (tp_id, offset, end),
+        )
+        out: list[StoredBatch] = []
+        total = 0
+        for base, last, pid, epoch, seq, kind, payload in rows:
+            if last < offset or (committed and kind == ABORTED):
+                continue
+            if out and total + len(payload) > max_bytes:
+                break
+            decoded = None if kind >= COMMIT_MARKER else decode_batch(payload)
+            out.append(StoredBatch(base, last, pid, epoch, seq, kind, decoded, len(payload)))
+            total += len(payload)
+        return out
 
     def check_offset(self, tp: TopicPartition, offset: int, log_start: int, hw: int) -> None:
         if type(offset) is not int or not log_start <= offset <= hw:

@@ -198,16 +198,26 @@ class Transactions:
             [(pid, group.group_id, tp.topic, tp.partition, off) for tp, off in offsets.items()],
         )
 
-    def end(self, pid: int, epoch: int, commit: bool, now: int) -> int:
-        """Commit or abort the open transaction; returns the producer's new epoch."""
+    def begin(self, pid: int, epoch: int, now: int) -> None:
+        """Start a transaction (and its timeout) before its first write: Kafka's
+        AddPartitionsToTxn and AddOffsetsToTxn, which also fence a stale epoch."""
+        txn_id, _, _ = self._producer(pid, epoch)
+        if txn_id is None:
+            raise InvalidTxnStateError(f"producer {pid} is not transactional")
+        self._begin(pid, now)
+
+    def end(self, pid: int, epoch: int, commit: bool, now: int, bump_epoch: bool = True) -> int:
+        """Commit or abort the open transaction; returns the producer's epoch after it (the
+        next one, unless `bump_epoch` is False: Kafka clients without transactions v2 keep
+        their epoch across transactions)."""
         txn_id, state, _ = self._producer(pid, epoch)
         if txn_id is None:
             raise InvalidTxnStateError(f"producer {pid} is not transactional")
         if state != TXN_ONGOING:
             raise InvalidTxnStateError(f"producer {pid} has no open transaction to end")
-        return self._finish(pid, epoch, commit, now)
+        return self._finish(pid, epoch, commit, now, bump_epoch)
 
-    def _finish(self, pid: int, epoch: int, commit: bool, now: int) -> int:
+    def _finish(self, pid: int, epoch: int, commit: bool, now: int, bump_epoch: bool = True) -> int:
         touched = self.conn.execute(
             "SELECT tp, first_offset FROM txn_partitions WHERE pid = ? ORDER BY tp", (pid,)
         ).fetchall()
@@ -227,9 +237,9 @@ class Transactions:
         self.conn.execute(
             "UPDATE producers SET epoch = ?, txn_state = ?, txn_deadline_ms = NULL,"
             " updated_ms = ? WHERE pid = ?",
-            (epoch + 1, TXN_EMPTY, now, pid),
+            (epoch + bump_epoch, TXN_EMPTY, now, pid),
         )
-        return epoch + 1
+        return epoch + bump_epoch
 
     def expire(self, now: int) -> list[int]:
         """Abort every transaction past its deadline (fencing its producer); returns pids."""

@@ -1,0 +1,277 @@
+"""Kafka record batches (magic v2): decoded on produce, encoded on fetch.
+
+The broker stores a batch as its own columnar blob (`runtime.broker.codec`); this module turns
+the wire format into the broker's columns and back. A batch's 61-byte header, its CRC-32C
+(attributes to the end), zig-zag varint records, and compression none or gzip (other codecs
+are refused with UnsupportedCompressionError, which the server answers as
+UNSUPPORTED_COMPRESSION_TYPE).
+
+    batches = decode_batches(records_bytes)           # WireBatch per batch, CRC checked
+    blob = encode_batch(base, keys, values, timestamps, headers, deltas, pid, epoch, seq, ...)
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from crc32c import crc32c
+
+from runtime.errors import StreamsError
+from runtime.types import Headers
+
+HEADER = struct.Struct(">qiibIhiqqqhii")  # 61 bytes
+HEADER_SIZE = HEADER.size
+CRC_START = 21  # the CRC covers attributes .. end
+MAGIC = 2
+COMPRESSION_MASK = 0x07
+TRANSACTIONAL = 0x10
+CONTROL = 0x20
+GZIP = 1
+MAX_RECORDS_PER_BATCH = 1 << 20
+
+
+class CorruptRecordError(StreamsError):
+    """A record batch that does not parse or whose CRC does not match (CORRUPT_MESSAGE)."""
+
+
+class UnsupportedCompressionError(StreamsError):
+    """A batch compressed with a codec this server does not decode."""
+
+
+class WireBatch(NamedTuple):
+    base_offset: int
+    attributes: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    timestamps: list[int]
+    headers: list[Headers | None] | None
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.attributes & TRANSACTIONAL)
+
+    @property
+    def control(self) -> bool:
+        return bool(self.attributes & CONTROL)
+
+
+# --- varints ------------------------------------------------------------------------------
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint (Kafka's varint/varlong) at `pos`: (value, next position)."""
+    shift = 0
+    raw = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        raw |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (raw >> 1) ^ -(raw & 1), pos
+        shift += 7
+        if shift > 63:
+            raise CorruptRecordError("a varint longer than 10 bytes")
+
+
+def varint(value: int) -> bytes:
+    raw = (value << 1) ^ (value >> 63)
+    if raw < 0x80:
+        return _ONE_BYTE[raw]
+    out = bytearray()
+    while raw >= 0x80:
+        out.append((raw & 0x7F) | 0x80)
+        raw >>= 7
+    out.append(raw)
+    return bytes(out)
+
+
+_ONE_BYTE = [bytes([n]) for n in range(0x80)]
+
+
+# --- decode -------------------------------------------------------------------------------
+
+
+def decode_batches(data: bytes, max_bytes: int | None = None) -> list[WireBatch]:
+    """Every batch in a produce request's records field; CorruptRecordError for anything that
+    does not parse or fails its CRC."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise CorruptRecordError(f"records of {len(data)} bytes exceed {max_bytes}")
+    batches = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < HEADER_SIZE:
+            raise CorruptRecordError("a truncated record batch header")
+        length = struct.unpack_from(">i", data, pos + 8)[0]
+        end = pos + 12 + length
+        if length < HEADER_SIZE - 12 or end > len(data):
+            raise CorruptRecordError(f"a record batch length of {length} does not fit")
+        batches.append(_decode_one(data, pos, end))
+        pos = end
+    if not batches:
+        raise CorruptRecordError("no record batch")
+    return batches
+
+
+def _decode_one(data: bytes, start: int, end: int) -> WireBatch:
+    (
+        base_offset,
+        _length,
+        _leader_epoch,
+        magic,
+        crc,
+        attributes,
+        _last_delta,
+        base_ts,
+        _max_ts,
+        pid,
+        epoch,
+        base_seq,
+        count,
+    ) = HEADER.unpack_from(data, start)
+    if magic != MAGIC:
+        raise CorruptRecordError(f"record batch magic {magic}: only v2 batches are accepted")
+    if crc32c(memoryview(data)[start + CRC_START : end]) != crc:
+        raise CorruptRecordError("record batch CRC-32C mismatch")
+    if not 0 <= count <= MAX_RECORDS_PER_BATCH:
+        raise CorruptRecordError(f"record count {count} out of range")
+    body = bytes(memoryview(data)[start + HEADER_SIZE : end])
+    codec = attributes & COMPRESSION_MASK
+    if codec == GZIP:
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CorruptRecordError(f"gzip data does not decompress: {exc}") from exc
+    elif codec != 0:
+        names = {2: "snappy", 3: "lz4", 4: "zstd"}
+        raise UnsupportedCompressionError(
+            f"compression {names.get(codec, codec)} is not supported: use none or gzip"
+        )
+    keys: list[bytes | None] = []
+    values: list[bytes | None] = []
+    timestamps: list[int] = []
+    all_headers: list[Headers | None] = []
+    any_headers = False
+    pos = 0
+    try:
+        for _ in range(count):
+            length, pos = read_varint(body, pos)
+            record_end = pos + length
+            if length < 0 or record_end > len(body):
+                raise CorruptRecordError("a record length past the end of its batch")
+            pos += 1  # attributes
+            ts_delta, pos = read_varint(body, pos)
+            _offset_delta, pos = read_varint(body, pos)
+            size, pos = read_varint(body, pos)
+            if size < 0:
+                keys.append(None)
+            else:
+                keys.append(body[pos : pos + size])
+                pos += size
+            size, pos = read_varint(body, pos)
+            if size < 0:
+                values.append(None)
+            else:
+                values.append(body[pos : pos + size])
+                pos += size
+            n_headers, pos = read_varint(body, pos)
+            if n_headers > 0:
+                any_headers = True
+                headers: Headers = []
+                for _ in range(n_headers):
+                    size, pos = read_varint(body, pos)
+                    name = body[pos : pos + size].decode()
+                    pos += size
+                    size, pos = read_varint(body, pos)
+                    value = b"" if size < 0 else body[pos : pos + size]
+                    pos += max(size, 0)
+                    headers.append((name, value))
+                all_headers.append(headers)
+            else:
+                all_headers.append(None)
+            if pos != record_end:
+                raise CorruptRecordError("a record's fields do not match its length")
+            timestamps.append(base_ts + ts_delta)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(f"a truncated or malformed record: {exc}") from exc
+    if pos != len(body):
+        raise CorruptRecordError("bytes after the last record of a batch")
+    return WireBatch(
+        base_offset,
+        attributes,
+        pid,
+        epoch,
+        base_seq,
+        keys,
+        values,
+        timestamps,
+        all_headers if any_headers else None,
+    )
+
+
+# --- encode -------------------------------------------------------------------------------
+
+
+def encode_batch(
+    base_offset: int,
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    timestamps: Sequence[int],
+    headers: Sequence[Headers | None] | None,
+    deltas: Sequence[int] | None,
+    *,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    attributes: int = 0,
+    last_offset_delta: int | None = None,
+) -> bytes:
+    """One uncompressed v2 batch holding the given records (offsets base + delta)."""
+    count = len(values)
+    base_ts = min(timestamps) if timestamps else 0
+    max_ts = max(timestamps) if timestamps else 0
+    parts: list[bytes] = []
+    for i in range(count):
+        key = keys[i]
+        value = values[i]
+        record_headers = None if headers is None else headers[i]
+        fields = [
+            b"\x00",
+            varint(timestamps[i] - base_ts),
+            varint(i if deltas is None else deltas[i]),
+            b"\x01" if key is None else varint(len(key)) + key,
+            b"\x01" if value is None else varint(len(value)) + value,
+        ]
+        if record_headers:
+            fields.append(varint(len(record_headers)))
+            for name, header_value in record_headers:
+                raw = name.encode()
+                fields.append(varint(len(raw)) + raw + varint(len(header_value)) + header_value)
+        else:
+            fields.append(b"\x00")
+        record = b"".join(fields)
+        parts.append(varint(len(record)))
+        parts.append(record)
+    body = b"".join(parts)
+    if last_offset_delta is None:
+        last_offset_delta = (count - 1) if deltas is None else deltas[-1]
+    tail = struct.pack(
+        ">hiqqqhii",
+        attributes,
+        last_offset_delta,
+        base_ts,
+        max_ts,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        count,
+    )
+    crc = crc32c(body, crc32c(tail))
+    head = struct.pack(">qiibI", base_offset, 49 + len(body), -1, MAGIC, crc)
+    return head + tail + body
