@@ -12,7 +12,6 @@ missing tool fails its tests with what to run, never skips them.
 from __future__ import annotations
 
 import json
-import queue
 import shutil
 import subprocess
 import threading
@@ -88,8 +87,8 @@ class NodeScript:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.lines: list[dict[str, Any]] = []
-        self._new: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.lines: list[dict[str, Any]] = []  # appended by the reader thread as they come
+        self._stdout_done = threading.Event()
         self._stderr: list[str] = []
         self._threads = [
             threading.Thread(target=self._read_stdout, daemon=True),
@@ -102,8 +101,8 @@ class NodeScript:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if line.startswith("{"):
-                self._new.put(json.loads(line))
-        self._new.put(None)
+                self.lines.append(json.loads(line))
+        self._stdout_done.set()
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -114,32 +113,27 @@ class NodeScript:
     def stderr(self) -> str:
         return "".join(self._stderr)[-4000:]
 
-    def _pump(self, timeout: float) -> bool:
-        """Move lines that arrived (waiting up to `timeout` for one); False once stdout ended."""
-        try:
-            line = self._new.get(timeout=timeout)
-        except queue.Empty:
-            return True
-        if line is None:
-            self._new.put(None)
-            return False
-        self.lines.append(line)
-        return True
-
-    def wait_for(self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 60):
+    def wait_for(
+        self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 60
+    ) -> None:
         """Until `condition(lines so far)` holds; fails if the script exits or time runs out."""
         deadline = time.monotonic() + timeout
         while not condition(self.lines):
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, (
+            if self._stdout_done.is_set() and not condition(self.lines):
+                self.process.wait()
+                raise AssertionError(
+                    f"{self.script} exited with {self.process.returncode} first; "
+                    f"stdout: {self.lines[-5:]}; stderr: {self.stderr}"
+                )
+            assert time.monotonic() < deadline, (
                 f"{self.script}: condition not reached in time; stdout: {self.lines[-5:]}; "
                 f"stderr: {self.stderr}"
             )
-            if not self._pump(min(remaining, 0.2)) and not condition(self.lines):
-                self.process.wait()
-                raise AssertionError(
-                    f"{self.script} exited with {self.process.returncode} first: {self.stderr}"
-                )
+            time.sleep(0.05)
+
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def finish(self, timeout: float = 120) -> list[dict[str, Any]]:
         """Wait for the script to exit on its own; fails unless it exits 0."""
@@ -150,10 +144,7 @@ class NodeScript:
             raise AssertionError(
                 f"{self.script} did not exit in {timeout} s: {self.stderr}"
             ) from None
-        for thread in self._threads:
-            thread.join(timeout=5)
-        while self._pump(0):
-            pass
+        self._join()
         assert self.process.returncode == 0, (
             f"{self.script} exited with {self.process.returncode}: {self.stderr}"
         )
@@ -168,10 +159,7 @@ class NodeScript:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        while self._pump(0):
-            pass
+        self._join()
         return self.lines
 
     def messages(self) -> list[dict[str, Any]]:
