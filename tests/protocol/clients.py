@@ -12,6 +12,7 @@ missing tool fails its tests with what to run, never skips them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -74,15 +75,21 @@ def install_kafkajs() -> None:
 class NodeScript:
     """One of node/*.js as a child process; its stdout's JSON lines are collected as they come."""
 
-    def __init__(self, script: str, **options: str | int) -> None:
+    def __init__(
+        self, script: str | Path, env: dict[str, str] | None = None, **options: str | int
+    ) -> None:
+        """`node node/SCRIPT --name value ...` (an absolute `script` is run from its folder,
+        finding kafkajs in node/node_modules through NODE_PATH if it has none of its own)."""
         node = require_tool("node", "bash .ci/clients (apt-get install nodejs)")
-        command = [node, str(NODE_DIR / script)]
+        path = NODE_DIR / script
+        command = [node, str(path)]
         for name, value in options.items():
             command += [f"--{name}", str(value)]
-        self.script = script
+        self.script = path.name
         self.process = subprocess.Popen(
             command,
-            cwd=NODE_DIR,
+            cwd=path.parent,
+            env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules"), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
