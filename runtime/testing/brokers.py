@@ -81,6 +81,7 @@ class KafkaBroker:
 
     @classmethod
     def _launch(cls, command: list[str], port: int, log: Path) -> KafkaBroker:
+        log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         broker = cls(process, port, log)

@@ -5,7 +5,8 @@ while keyed words arrive over several seconds; a random worker is killed (kill -
 seconds, at least MIN_KILLS times; the supervisor restarts it. Once the group has committed
 every input, the committed outputs (read_committed) and the table must hold every word exactly
 once, checked as the fault suite checks it. The same test runs on the embedded broker, through
-the same transport calls, to show the test (and the worker) are right where the broker is.
+the same transport calls, to show the test (and the worker) are right where the broker is, and
+on `streams broker serve` (the Kafka back end against our own Kafka-protocol server).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from tests.fault_helpers import (
     worker_command,
     worker_env,
 )
-from tests.kafka_broker import SESSION_TIMEOUT_MS
+from tests.kafka_broker import SESSION_TIMEOUT_MS, ServedBroker
 
 EVENTS = 20_000
 PARTITIONS = 4
@@ -39,15 +41,22 @@ SEED = 20261121
 INPUTS = ("words", "wordcount-by-word-repartition")
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "kafka", "served"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "served":
+        # `streams broker serve` (runtime/protocol), a server of this test's own: the Kafka
+        # back end (librdkafka) on our broker, which must pass where Tansu's defects allow
+        with ServedBroker.start(tmp_path / "served") as served:
+            yield served.url
+        return
     if request.param == "kafka":
         # Static membership off: Tansu 0.6 keeps a static member killed mid-rebalance as the
         # group's leader after its restart replaced it (measured: 49 JoinGroup responses over
         # 3 minutes named the dead member id as leader, every SyncGroup got
         # REBALANCE_IN_PROGRESS, no partition was assigned again).
-        return str(request.getfixturevalue("kafka_url")) + "?static_membership=false"
-    return f"sqlite:///{tmp_path}/broker.db"
+        yield str(request.getfixturevalue("kafka_url")) + "?static_membership=false"
+        return
+    yield f"sqlite:///{tmp_path}/broker.db"
 
 
 async def _load(url: str, words: list[str], seconds: float, produced: dict[int, int]) -> None:
