@@ -13,9 +13,12 @@ Prints one JSON line per figure:
   (isolation.level=read_committed, assign, consume in batches).
 - `wordcount`: the word-count benchmark's throughput (benchmarks/wordcount.py, keyed,
   exactly-once, one worker) with `--broker kafka://127.0.0.1:PORT` on each broker.
-The streams figures carry `of_embedded`: their ratio to the embedded figure of this run
-(targets, issue 14: produce and fetch >= 0.5). Brokers run as child processes started here
-(runtime/testing), each with a fresh store; the client runs in this process.
+`broker_cpu_s` is the CPU time the broker process spent during the figure (the 2 cores here
+are shared by the broker and this client, whose Python loop over librdkafka costs about as much
+as Tansu's whole figure). The streams figures carry `of_embedded`: their ratio to the embedded
+figure of this run (targets, issue 14: produce and fetch >= 0.5). Brokers run as child
+processes started here (runtime/testing), each with a fresh store; the client runs in this
+process.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def emit(figure: str, broker: str, records: int, seconds: float, **extra: Any) -
         flush=True,
     )
     return rate
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a broker process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def key_of(i: int) -> bytes:
@@ -122,6 +131,7 @@ def over_the_wire(
             "partitioner": "murmur2_random",
         }
     )
+    cpu = cpu_seconds(broker.process.pid)
     started = time.perf_counter()
     for i in range(args.records):
         while True:
@@ -142,6 +152,7 @@ def over_the_wire(
         args.records,
         seconds,
         client="librdkafka",
+        broker_cpu_s=round(cpu_seconds(broker.process.pid) - cpu, 2),
         **ratio("produce", args.records / seconds),
     )
 
@@ -155,6 +166,7 @@ def over_the_wire(
     )
     consumer.assign([KafkaTopicPartition(TOPIC, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     total = 0
+    cpu = cpu_seconds(broker.process.pid)
     started = time.perf_counter()
     deadline = started + 300
     while total < args.records and time.perf_counter() < deadline:
@@ -170,6 +182,7 @@ def over_the_wire(
         seconds,
         client="librdkafka",
         complete=total == args.records,
+        broker_cpu_s=round(cpu_seconds(broker.process.pid) - cpu, 2),
         **ratio("read_committed_fetch", total / seconds),
     )
 
