@@ -162,6 +162,20 @@ def _parser() -> argparse.ArgumentParser:
         "backup", help="copy the live broker file, consistently, to a new file, and check it"
     ).add_argument("dest", help="path of the copy (must not exist)")
     broker_commands.add_parser("check", help="check the broker file's integrity (read-only)")
+    serve = broker_commands.add_parser(
+        "serve", help="serve the broker file over the Kafka protocol (docs/protocol.md)"
+    )
+    serve.add_argument("url", nargs="?", metavar="URL", help="sqlite:///path.db (or --broker)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=9092, help="port (0: any free port)")
+    serve.add_argument(
+        "--advertised-host", metavar="H", help="host name clients are told (default: --host)"
+    )
+    serve.add_argument(
+        "--auto-create-topics",
+        action="store_true",
+        help="create a topic (1 partition) when a client asks for an unknown one",
+    )
     _share_options(parser)
     return parser
 
@@ -300,6 +314,30 @@ async def _broker(url: str, args: argparse.Namespace) -> None:
             raise ConfigurationError(f"{url!r} is not served by the embedded broker")
         copy = await transport.backup(args.dest)
     print(f"backed up {path} to {copy.path} ({copy.bytes} bytes, checked) in {copy.seconds:.2f} s")
+
+
+async def _serve(url: str, args: argparse.Namespace) -> None:
+    """`streams broker serve`: the Kafka protocol over the broker file, until SIGTERM/SIGINT."""
+    from runtime.protocol import ProtocolServer  # the serve extra: kio
+
+    if sqlite_path(url) is None and not url.startswith("memory://"):
+        raise ConfigurationError(
+            f"`streams broker serve` serves an embedded broker file (sqlite:///...), not {url!r}"
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = await ProtocolServer.open(
+        url,
+        host=args.host,
+        port=args.port,
+        advertised_host=args.advertised_host,
+        auto_create_topics=args.auto_create_topics,
+    )
+    print(f"serving {url} on {args.host}:{server.port} (Kafka protocol)", flush=True)
+    await server.serve_until(stop)
+    print("stopped", flush=True)
 
 
 async def _send(broker: Transport, args: argparse.Namespace, app: App | None = None) -> None:
@@ -689,6 +727,9 @@ async def _run(args: argparse.Namespace) -> None:
         "groups": _groups,
     }
     url = broker_url(args)
+    if args.command == "broker" and args.action == "serve":
+        await _serve(args.url or url, args)
+        return
     if args.command == "broker":
         await _broker(url, args)
         return

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
+from runtime.broker.classic import ClassicGroup, ClassicGroups, JoinResult
 from runtime.broker.groups import GroupDescription, Groups, MemberState
 from runtime.broker.integrity import (
     BackupReport,
@@ -110,6 +111,7 @@ class Broker:
         self.log = Log(self.conn)
         self.groups = Groups(self.conn)
         self.txns = Transactions(self.conn, self.log, self.groups)
+        self.classic = ClassicGroups(self.conn, self.groups)
         self._next_expiry_check = 0
 
     def _check_at_open(self) -> None:
@@ -599,6 +601,69 @@ class Broker:
     def delete_group(self, group_id: str) -> None:
         """Delete a group and its committed offsets, only while it has no live members."""
         self._write(lambda now: self.groups.delete(group_id, now))
+
+    # --- classic-protocol groups (client-side assignment; runtime.broker.classic) ----------
+
+    def classic_join(
+        self,
+        group_id: str,
+        member_id: str,
+        instance_id: str | None,
+        client_id: str,
+        session_timeout_ms: int,
+        rebalance_timeout_ms: int,
+        protocol_type: str,
+        protocols: Sequence[tuple[str, bytes]],
+    ) -> str:
+        """Join (or rejoin) a classic group; returns the member id. Poll
+        `classic_join_result` for the answer: the round completes once every member joined."""
+        return self._write(
+            lambda now: self.classic.join(
+                group_id,
+                member_id,
+                instance_id,
+                client_id,
+                session_timeout_ms,
+                rebalance_timeout_ms,
+                protocol_type,
+                protocols,
+                now,
+            )
+        )
+
+    def classic_join_result(self, group_id: str, member_id: str) -> JoinResult | None:
+        return self._write(lambda now: self.classic.join_result(group_id, member_id, now))
+
+    def classic_sync(
+        self,
+        group_id: str,
+        member_id: str,
+        generation: int,
+        assignments: Mapping[str, bytes],
+        owned: Mapping[str, Sequence[TopicPartition]],
+    ) -> None:
+        """A SyncGroup: the leader's carries every member's assignment (opaque bytes) and
+        the partitions each names (so that commits are fenced by ownership)."""
+        self._write(
+            lambda now: self.classic.sync(group_id, member_id, generation, assignments, owned, now)
+        )
+
+    def classic_sync_result(self, group_id: str, member_id: str, generation: int) -> bytes | None:
+        return self._write(
+            lambda now: self.classic.sync_result(group_id, member_id, generation, now)
+        )
+
+    def classic_heartbeat(self, group_id: str, member_id: str, generation: int) -> None:
+        self._write(lambda now: self.classic.heartbeat(group_id, member_id, generation, now))
+
+    def classic_leave(self, group_id: str, members: Sequence[tuple[str, str | None]]) -> None:
+        self._write(lambda now: self.classic.leave(group_id, members, now))
+
+    def classic_describe(self, group_id: str) -> ClassicGroup | None:
+        return self._write(lambda now: self.classic.describe(group_id, now))
+
+    def classic_list(self) -> list[tuple[str, str, str | None]]:
+        return self._write(lambda now: self.classic.list())
 
     def _check_offsets(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Offsets as {TopicPartition: next offset}, each naming an existing partition."""

@@ -23,6 +23,7 @@ from runtime.broker.schema import ABORTED, COMMIT_MARKER, TXN
 from runtime.errors import StreamsError, UnknownTopicError
 from runtime.protocol import errors as codes
 from runtime.protocol.errors import error_code
+from runtime.protocol.groups import GroupHandlers
 from runtime.protocol.messages import SUPPORTED, RequestHeader
 from runtime.protocol.records import CONTROL, TRANSACTIONAL, decode_batches, encode_batch
 from runtime.types import TopicPartition
@@ -45,11 +46,18 @@ class Handlers:
         self.broker = broker
         self.node = node
         self.auto_create_topics = auto_create_topics
+        self.groups = GroupHandlers(broker)
         self.table: dict[int, Callable[[RequestHeader, Any], dict[str, Any]]] = {
             0: self.produce,
             2: self.list_offsets,
             3: self.metadata,
+            8: lambda h, r: self.groups.offset_commit(r),
+            9: lambda h, r: self.groups.offset_fetch(r),
             10: self.find_coordinator,
+            12: lambda h, r: self.groups.heartbeat(r),
+            13: lambda h, r: self.groups.leave(r),
+            15: lambda h, r: self.groups.describe_groups(r),
+            16: lambda h, r: self.groups.list_groups(r),
             18: self.api_versions,
             19: self.create_topics,
             20: self.delete_topics,

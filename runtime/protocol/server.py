@@ -20,6 +20,7 @@ From the shell: `streams broker serve sqlite:///app.db --port 9092`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import struct
@@ -31,6 +32,8 @@ from typing import Any, TypeVar
 
 from runtime.broker import READ_COMMITTED, READ_UNCOMMITTED, Broker
 from runtime.errors import ConfigurationError, StreamsError
+from runtime.protocol.errors import REBALANCE_IN_PROGRESS
+from runtime.protocol.groups import join_error, sync_body
 from runtime.protocol.handlers import Handlers, Node, _millis
 from runtime.protocol.messages import (
     API_VERSIONS,
@@ -49,6 +52,9 @@ T = TypeVar("T")
 DEFAULT_MAX_FRAME_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 MIN_FRAME_BYTES = 10  # api key, version, correlation id, client id length
 FETCH = 1
+JOIN_GROUP = 11
+SYNC_GROUP = 14
+GROUP_POLL_S = 0.05
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.02
 MAINTENANCE_INTERVAL_S = 1.0
@@ -56,8 +62,8 @@ MAINTENANCE_INTERVAL_S = 1.0
 
 def broker_path(url: str) -> str:
     """The SQLite path of a broker URL (`sqlite:///path.db` or `memory://`)."""
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///") :]
+    if url.startswith("sqlite:///") and len(url.split("?", 1)[0]) > len("sqlite:///"):
+        return url.split("?", 1)[0][len("sqlite:///") :]
     if url.startswith("memory://"):
         return ":memory:"
     raise ConfigurationError(
@@ -92,6 +98,7 @@ class ProtocolServer:
         self.changed = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[bytes]] = set()  # fetches and group joins in flight
         self._maintenance: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,6 +153,10 @@ class ProtocolServer:
         """Stop listening, close every connection, close the broker."""
         if self._server is not None:
             self._server.close()
+        for waiting in list(self._waiting):
+            waiting.cancel()
+        if self._waiting:
+            await asyncio.gather(*self._waiting, return_exceptions=True)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -307,8 +318,11 @@ class ProtocolServer:
             log.warning("closing %s: %s", peer, exc)
             future.set_result(None)
             return True
-        if header.api_key == FETCH:
-            task = asyncio.create_task(self._fetch(header, request))
+        waits = {FETCH: self._fetch, JOIN_GROUP: self._join_group, SYNC_GROUP: self._sync_group}
+        if header.api_key in waits:
+            task = asyncio.create_task(waits[header.api_key](header, request))
+            self._waiting.add(task)
+            task.add_done_callback(self._waiting.discard)
             task.add_done_callback(functools.partial(_deliver, future))
             return False
         try:
@@ -369,6 +383,46 @@ class ProtocolServer:
             "session_id": 0,
             "responses": [{"topic": t, "partitions": parts} for t, parts in topics.items()],
         }
+        return encode_response(header, body)
+
+    async def _poll_group(
+        self, answer: Callable[[], dict[str, Any] | None], timeout_s: float
+    ) -> dict[str, Any] | None:
+        """Poll a group answer until it is there (other members join, the leader syncs)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            body = await self.call(answer)
+            if body is not None or loop.time() >= deadline:
+                return body
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), GROUP_POLL_S)
+
+    async def _join_group(self, header: RequestHeader, request: Any) -> bytes:
+        groups = self.handlers.groups
+        member_id, code = await self.call(
+            functools.partial(groups.join_start, request, header.client_id)
+        )
+        self._wrote()
+        body = join_error(member_id, code)
+        if code == 0:
+            timeout = _millis(getattr(request, "rebalance_timeout", request.session_timeout))
+            answer = await self._poll_group(
+                functools.partial(groups.join_answer, member_id, request), timeout / 1000 + 5
+            )
+            body = join_error(member_id, REBALANCE_IN_PROGRESS) if answer is None else answer
+        self._wrote()
+        return encode_response(header, body)
+
+    async def _sync_group(self, header: RequestHeader, request: Any) -> bytes:
+        groups = self.handlers.groups
+        body = await self.call(functools.partial(groups.sync_start, request))
+        self._wrote()
+        if body is None:
+            body = await self._poll_group(functools.partial(groups.sync_answer, request), 60.0)
+            if body is None:
+                body = sync_body(REBALANCE_IN_PROGRESS, request, b"")
+        self._wrote()
         return encode_response(header, body)
 
     def _fetch_once(
