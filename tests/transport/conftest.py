@@ -1,9 +1,11 @@
 """The transport contract's fixture: one test body, run against each back end.
 
-`backend` is parametrized over the embedded broker (an SQLite file) and Kafka (the session's
-Tansu broker). Names are unique per test, so Kafka tests share one broker. A test marked
-`@pytest.mark.tansu_xfail(reason=...)` is an expected failure on Kafka only (strict: it is
-reported, and flips to a failure the day Tansu gets it right).
+`backend` is parametrized three ways: the embedded broker (an SQLite file), the Kafka back end
+(confluent-kafka) against the session's Tansu broker ("kafka"), and the Kafka back end against
+our own `streams broker serve` over an SQLite file ("served", runtime/protocol). Names are unique
+per test, so Kafka tests share one broker. A test marked `@pytest.mark.tansu_xfail(reason=...)`
+is an expected failure on Tansu only (strict: it is reported, and flips to a failure the day
+Tansu gets it right); on our server every test must pass.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ PARTITIONS = 4
 
 @dataclasses.dataclass
 class Backend:
-    kind: str  # "sqlite" or "kafka"
+    kind: str  # "sqlite" or "kafka" (the Kafka back end, on Tansu or on our server)
     transport: Transport
     topic: str  # a fresh topic with PARTITIONS partitions
 
@@ -45,16 +47,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.xfail(strict=True, reason=f"tansu: {marker.kwargs['reason']}"))
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
+@pytest.fixture(params=["sqlite", "kafka", "served"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "kafka":
         url = request.getfixturevalue("kafka_url")
+    elif request.param == "served":
+        url = request.getfixturevalue("served_broker").url
     else:
         url = f"sqlite:///{tmp_path}/broker.db"
     async with connect(url) as transport:
         topic = unique("events")
         await transport.create_topic(topic, PARTITIONS)
-        yield Backend(request.param, transport, topic)
+        kind = "sqlite" if request.param == "sqlite" else "kafka"
+        yield Backend(kind, transport, topic)
 
 
 async def read(consumer: Consumer, count: int | None = None, timeout: float = 10.0) -> list[Record]:
