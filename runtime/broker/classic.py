@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS classic_members (
     rebalance_timeout_ms INTEGER NOT NULL,
     protocols BLOB NOT NULL,
     joined INTEGER NOT NULL,
+    waiting INTEGER NOT NULL DEFAULT 0,
     generation INTEGER NOT NULL,
     assignment BLOB,
     last_seen_ms INTEGER NOT NULL,
@@ -221,10 +222,12 @@ class ClassicGroups:
         self.conn.execute(
             "INSERT INTO classic_members (group_id, member_id, instance_id, client_id,"
             " session_timeout_ms, rebalance_timeout_ms, protocols, joined, generation,"
-            " assignment, last_seen_ms, joined_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 1, -1, NULL, ?, ?)"
+            " assignment, last_seen_ms, joined_ms, waiting)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 1, -1, NULL, ?, ?, 1)"
             " ON CONFLICT (group_id, member_id) DO UPDATE SET session_timeout_ms ="
             " excluded.session_timeout_ms, rebalance_timeout_ms = excluded.rebalance_timeout_ms,"
-            " protocols = excluded.protocols, joined = 1, last_seen_ms = excluded.last_seen_ms",
+            " protocols = excluded.protocols, joined = 1, waiting = 1,"
+            " last_seen_ms = excluded.last_seen_ms",
             (
                 group_id,
                 member_id,
@@ -243,8 +246,10 @@ class ClassicGroups:
         )
         state = self._group(group_id)[0]
         if state != PREPARING:
+            # everyone must rejoin, except members whose join is still waiting for its answer:
+            # that request is answered by the round this one starts
             self.conn.execute(
-                "UPDATE classic_members SET joined = 0 WHERE group_id = ? AND member_id != ?",
+                "UPDATE classic_members SET joined = waiting WHERE group_id = ? AND member_id != ?",
                 (group_id, member_id),
             )
             self._prepare(group_id, now)
@@ -272,6 +277,10 @@ class ClassicGroups:
             return None
         if row[1] != generation or state == PREPARING:
             return None
+        self.conn.execute(
+            "UPDATE classic_members SET waiting = 0 WHERE group_id = ? AND member_id = ?",
+            (group_id, member_id),
+        )
         members: list[tuple[str, str | None, bytes]] = []
         if member_id == leader:
             for other, instance, blob in self.conn.execute(

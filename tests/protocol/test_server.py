@@ -1,0 +1,337 @@
+"""The Kafka-protocol server (runtime/protocol): real clients (confluent-kafka) and raw requests.
+
+The contract suite runs the Kafka back end against this server too (tests/transport, "served");
+here: what a client library would not send (bad CRCs, unknown versions, transactions left
+open), compression, several servers over one file, and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from runtime.broker import Broker
+from runtime.protocol import ProtocolServer
+from runtime.protocol.client import RawClient
+from runtime.protocol.records import decode_batches, encode_batch
+from runtime.testing import ServedBroker, unique
+
+UNKNOWN_TOPIC_OR_PARTITION = 3
+CORRUPT_MESSAGE = 2
+UNSUPPORTED_VERSION = 35
+UNSUPPORTED_COMPRESSION_TYPE = 76
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ProtocolServer]:
+    served = ProtocolServer.start_in_thread(f"sqlite:///{tmp_path}/broker.db", port=0)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(10)
+
+
+def consume(bootstrap: str, topic: str, count: int, **config: object) -> list[object]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("reader"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **config,
+        }
+    )
+    consumer.subscribe([topic])
+    out = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                out.append(message)
+        extra_until = time.monotonic() + 1.0
+        while time.monotonic() < extra_until:  # anything past `count` is a failure
+            message = consumer.poll(0.2)
+            if message is not None and message.error() is None:
+                out.append(message)
+    finally:
+        consumer.close()
+    return out
+
+
+def produce_request(topic: str, partition: int, records: bytes) -> dict[str, object]:
+    return {
+        "transactional_id": None,
+        "acks": -1,
+        "timeout": 10_000,
+        "topic_data": [
+            {"name": topic, "partition_data": [{"index": partition, "records": records}]}
+        ],
+    }
+
+
+def one_batch(value: bytes = b"v", **options: int) -> bytes:
+    return encode_batch(0, [b"k"], [value], [int(time.time() * 1000)], None, None, **options)
+
+
+def test_records_keys_headers_and_gzip_round_trip(server: ProtocolServer) -> None:
+    topic = unique("round")
+    create_topic(server.bootstrap, topic, 3)
+    producer = Producer(
+        {
+            "bootstrap.servers": server.bootstrap,
+            "enable.idempotence": True,
+            "compression.type": "gzip",
+            "linger.ms": 5,
+        }
+    )
+    for i in range(300):
+        producer.produce(topic, key=b"k%d" % i, value=b"v%d" % i, headers=[("n", b"%d" % i)])
+    assert producer.flush(10) == 0
+    got = consume(server.bootstrap, topic, 300)
+    assert sorted(m.value() for m in got) == sorted(b"v%d" % i for i in range(300))  # type: ignore[attr-defined]
+    for message in got:
+        n = message.value()[1:]  # type: ignore[attr-defined]
+        assert message.key() == b"k" + n  # type: ignore[attr-defined]
+        assert message.headers() == [("n", n)]  # type: ignore[attr-defined]
+
+
+def test_unsupported_compression_is_refused_and_nothing_stored(server: ProtocolServer) -> None:
+    topic = unique("lz4")
+    create_topic(server.bootstrap, topic)
+    batch = bytearray(one_batch())
+    # claim zstd (4) in the attributes and fix the CRC: the server must refuse the codec
+    struct.pack_into(">h", batch, 21, 4)
+    from crc32c import crc32c
+
+    struct.pack_into(">I", batch, 17, crc32c(bytes(batch[21:])))
+    with RawClient("127.0.0.1", server.port) as client:
+        response = client.request(0, 9, produce_request(topic, 0, bytes(batch)))
+        part = response.responses[0].partition_responses[0]
+        assert part.error_code == UNSUPPORTED_COMPRESSION_TYPE
+        offsets = client.request(
+            2,
+            5,
+            {
+                "replica_id": -1,
+                "isolation_level": 0,
+                "topics": [
+                    {"name": topic, "partitions": [{"partition_index": 0, "timestamp": -1}]}
+                ],
+            },
+        )
+        assert offsets.topics[0].partitions[0].offset == 0
+
+
+def test_bad_crc_is_corrupt_message_and_nothing_is_stored(server: ProtocolServer) -> None:
+    topic = unique("crc")
+    create_topic(server.bootstrap, topic)
+    good = one_batch(b"good")
+    bad = bytearray(one_batch(b"evil"))
+    bad[-1] ^= 0xFF  # a flipped bit in the value: the CRC no longer matches
+    with RawClient("127.0.0.1", server.port) as client:
+        response = client.request(0, 9, produce_request(topic, 0, bytes(bad)))
+        assert response.responses[0].partition_responses[0].error_code == CORRUPT_MESSAGE
+        response = client.request(0, 9, produce_request(topic, 0, good))
+        assert response.responses[0].partition_responses[0].error_code == 0
+        assert response.responses[0].partition_responses[0].base_offset == 0
+    assert [m.value() for m in consume(server.bootstrap, topic, 1)] == [b"good"]  # type: ignore[attr-defined]
+
+
+def test_produce_to_a_missing_topic_is_unknown_topic(server: ProtocolServer) -> None:
+    with RawClient("127.0.0.1", server.port) as client:
+        response = client.request(0, 9, produce_request(unique("missing"), 0, one_batch()))
+        assert response.responses[0].partition_responses[0].error_code == (
+            UNKNOWN_TOPIC_OR_PARTITION
+        )
+        metadata = client.request(3, 12, {"topics": [{"name": unique("missing")}]})
+        assert metadata.topics[0].error_code == UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_unknown_versions_are_answered_then_closed(server: ProtocolServer) -> None:
+    with RawClient("127.0.0.1", server.port) as client:
+        # ApiVersions newer than ours: v0 layout, UNSUPPORTED_VERSION, our list; still open
+        client.send_frame(struct.pack(">hhih", 18, 99, 7, -1))
+        payload = client.read_frame()
+        assert payload is not None
+        correlation, code, count = struct.unpack_from(">ihi", payload)
+        assert (correlation, code) == (7, UNSUPPORTED_VERSION)
+        listed = {struct.unpack_from(">h", payload, 10 + 6 * i)[0] for i in range(count)}
+        assert {0, 1, 3, 11, 14, 22, 26} <= listed
+        assert client.request(18, 3, {}).error_code == 0
+        # an unknown API key: the error, then the connection closes
+        client.send_frame(struct.pack(">hhih", 999, 0, 8, -1))
+        payload = client.read_frame()
+        assert payload is not None and struct.unpack_from(">ih", payload) == (8, 35)
+        assert client.read_frame() is None
+    with RawClient("127.0.0.1", server.port) as client:  # the server is fine
+        assert client.request(18, 3, {}).error_code == 0
+
+
+def test_an_oversized_frame_closes_only_that_connection(server: ProtocolServer) -> None:
+    topic = unique("big")
+    create_topic(server.bootstrap, topic)
+    with (
+        RawClient("127.0.0.1", server.port) as healthy,
+        RawClient("127.0.0.1", server.port) as rogue,
+    ):
+        rogue.send_frame(b"\x00" * 16, length=2_000_000_000)
+        assert rogue.read_frame() is None
+        response = healthy.request(0, 9, produce_request(topic, 0, one_batch(b"after")))
+        assert response.responses[0].partition_responses[0].error_code == 0
+
+
+def test_a_transaction_left_open_is_aborted_by_its_timeout(server: ProtocolServer) -> None:
+    topic = unique("abandoned")
+    create_topic(server.bootstrap, topic)
+    with RawClient("127.0.0.1", server.port) as client:
+        init = client.request(
+            22, 4, {"transactional_id": unique("txn"), "transaction_timeout": 1000}
+        )
+        assert init.error_code == 0
+        pid, epoch = init.producer_id, init.producer_epoch
+        added = client.request(
+            24,
+            3,
+            {
+                "v3_and_below_transactional_id": "x",
+                "v3_and_below_producer_id": pid,
+                "v3_and_below_producer_epoch": epoch,
+                "v3_and_below_topics": [{"name": topic, "partitions": [0]}],
+            },
+        )
+        assert (
+            added.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code == 0
+        )
+        batch = one_batch(
+            b"never", producer_id=pid, producer_epoch=epoch, base_sequence=0, attributes=0x10
+        )
+        response = client.request(0, 9, produce_request(topic, 0, batch))
+        assert response.responses[0].partition_responses[0].error_code == 0
+    # the client is gone, its transaction open: the LSO is pinned until the timeout aborts it
+    broker = Broker(str(Path(server.broker.path)))
+    try:
+        info = broker.partition_info(topic, 0)
+        assert info.last_stable == 0
+        deadline = time.monotonic() + 10
+        while broker.partition_info(topic, 0).last_stable == 0:
+            assert time.monotonic() < deadline, "the abandoned transaction was never aborted"
+            time.sleep(0.1)
+        assert broker.partition_info(topic, 0).high_watermark == 2  # the record and ABORT
+    finally:
+        broker.close()
+    assert consume(server.bootstrap, topic, 0, **{"isolation.level": "read_committed"}) == []
+
+
+def test_read_committed_hides_aborted_records(server: ProtocolServer) -> None:
+    topic = unique("txn")
+    create_topic(server.bootstrap, topic)
+    producer = Producer({"bootstrap.servers": server.bootstrap, "transactional.id": unique("t")})
+    producer.init_transactions(10)
+    producer.begin_transaction()
+    producer.produce(topic, value=b"aborted")
+    producer.flush(10)
+    producer.abort_transaction(10)
+    producer.begin_transaction()
+    producer.produce(topic, value=b"committed")
+    producer.commit_transaction(10)
+    committed = consume(server.bootstrap, topic, 1, **{"isolation.level": "read_committed"})
+    assert [m.value() for m in committed] == [b"committed"]  # type: ignore[attr-defined]
+    everything = consume(server.bootstrap, topic, 2, **{"isolation.level": "read_uncommitted"})
+    assert [m.value() for m in everything] == [b"aborted", b"committed"]  # type: ignore[attr-defined]
+
+
+def test_a_zombie_producer_is_fenced(server: ProtocolServer) -> None:
+    topic = unique("zombie")
+    create_topic(server.bootstrap, topic)
+    txn_id = unique("t")
+    old = Producer({"bootstrap.servers": server.bootstrap, "transactional.id": txn_id})
+    old.init_transactions(10)
+    old.begin_transaction()
+    old.produce(topic, value=b"zombie")
+    old.flush(10)
+    new = Producer({"bootstrap.servers": server.bootstrap, "transactional.id": txn_id})
+    new.init_transactions(10)  # fences `old` and aborts its transaction
+    with pytest.raises(Exception) as raised:
+        old.commit_transaction(10)
+    error = raised.value.args[0]
+    assert error.code() in (
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+    )
+    assert consume(server.bootstrap, topic, 0, **{"isolation.level": "read_committed"}) == []
+
+
+def test_two_servers_share_one_file_and_one_group(tmp_path: Path) -> None:
+    database = tmp_path / "shared.db"
+    with (
+        ServedBroker.start(tmp_path / "a", database) as first,
+        ServedBroker.start(tmp_path / "b", database) as second,
+    ):
+        topic = unique("shared")
+        create_topic(first.bootstrap, topic, 2)
+        producer = Producer({"bootstrap.servers": first.bootstrap})
+        for i in range(20):
+            producer.produce(topic, value=b"%d" % i, partition=i % 2)
+        assert producer.flush(10) == 0
+        group = unique("g")
+        members = [
+            Consumer(
+                {
+                    "bootstrap.servers": server.bootstrap,
+                    "group.id": group,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": 6000,
+                    "partition.assignment.strategy": "cooperative-sticky",
+                }
+            )
+            for server in (first, second)
+        ]
+        for member in members:
+            member.subscribe([topic])
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            for member in members:
+                message = member.poll(0.1)
+                if message is not None and message.error() is None:
+                    seen.append(message.value())  # type: ignore[arg-type]
+            owned = [m.assignment() for m in members]
+            if len(seen) >= 20 and all(len(a) == 1 for a in owned):
+                break
+        assert sorted(seen) == sorted(b"%d" % i for i in range(20))
+        owned = [{tp.partition for tp in m.assignment()} for m in members]
+        assert sorted(owned, key=min) == [{0}, {1}], owned  # one partition per server's member
+        for member in members:
+            member.close()
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
+    served = ServedBroker.start(tmp_path)
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(10) == 0
+    assert "stopped" in served.log.read_text()
+    broker = Broker(str(tmp_path / "broker.db"))  # the file was closed cleanly: it opens
+    broker.close()
+
+
+def test_fetch_hands_back_batches_that_decode() -> None:
+    blob = encode_batch(5, [b"a", None], [b"1", b"2"], [1000, 1001], [[("h", b"x")], None], None)
+    (batch,) = decode_batches(blob)
+    assert batch.base_offset == 5
+    assert batch.keys == [b"a", None] and batch.values == [b"1", b"2"]
+    assert batch.timestamps == [1000, 1001] and batch.headers == [[("h", b"x")], None]
