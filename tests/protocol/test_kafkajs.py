@@ -36,7 +36,8 @@ def kafkajs() -> None:
 @pytest.fixture(params=["streams", "tansu"])
 def broker(request: pytest.FixtureRequest) -> KafkaBroker:
     fixture = "served_broker" if request.param == "streams" else "tansu_broker"
-    return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
+    broker: KafkaBroker = request.getfixturevalue(fixture)
+    return broker
 
 
 @pytest.fixture
