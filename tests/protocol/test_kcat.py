@@ -117,3 +117,26 @@ def test_metadata(served_broker: KafkaBroker) -> None:
     # -t: that topic only.
     one = kcat_json_lines(kcat(broker, "-L", "-J", "-t", topic).stdout)[0]
     assert [t["topic"] for t in one["topics"]] == [topic]
+
+
+def test_balanced_consumer_group_commits(served_broker: KafkaBroker) -> None:
+    """kcat -G: this older librdkafka's group protocol (JoinGroup, SyncGroup, OffsetCommit on
+    close); a second run of the group starts at the committed offsets and reads only what
+    was produced since."""
+    broker = served_broker
+    topic, group = unique("kcat-group"), unique("kcat-group")
+    create_topic(broker, topic, PARTITIONS)
+
+    def produce_lines(first: int, count: int) -> None:
+        lines = "".join(f"key-{i}:value-{i}\n" for i in range(first, first + count))
+        kcat(broker, "-P", "-t", topic, "-K", ":", stdin=lines)
+
+    def run_group() -> list[str]:
+        reset = "auto.offset.reset=earliest"  # for the group's first run: no offsets yet
+        out = kcat(broker, "-G", group, "-X", reset, "-e", "-J", "-q", topic, timeout=60).stdout
+        return sorted(record["payload"] for record in kcat_json_lines(out))
+
+    produce_lines(0, 40)
+    assert run_group() == sorted(f"value-{i}" for i in range(40))
+    produce_lines(40, 10)
+    assert run_group() == sorted(f"value-{i}" for i in range(40, 50))
