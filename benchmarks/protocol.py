@@ -4,7 +4,7 @@ embedded transport on the same machine in the same run, and beside Tansu.
     python -m benchmarks protocol [--records 200000] [--value-bytes 100] [--no-tansu]
                                   [--wordcount-events 200000]
 
-Prints one JSON line per figure:
+Prints one JSON line per figure, then a summary line with every figure side by side:
 - `produce`: keyed records, idempotent, acks=all. Embedded: the transport's batched producer
   (flushed every --batch records) on an SQLite file. streams/tansu: a confluent-kafka
   (librdkafka) producer, batched by librdkafka (linger.ms=5), into the broker over loopback,
@@ -42,8 +42,12 @@ TOPIC = "bench"
 PARTITIONS = 4
 
 
+SUMMARY: dict[str, dict[str, int]] = {}  # figure -> broker -> records/s, printed last
+
+
 def emit(figure: str, broker: str, records: int, seconds: float, **extra: Any) -> float:
     rate = records / seconds
+    SUMMARY.setdefault(figure, {})[broker] = round(rate)
     print(
         json.dumps(
             {
@@ -244,3 +248,5 @@ async def main(argv: list[str]) -> None:
             over_the_wire(name, broker, args, value, base)
             if args.wordcount_events:
                 await wordcount(name, broker, args.wordcount_events)
+    # The figures side by side: records (events) per second, per figure and broker.
+    print(json.dumps({"benchmark": "protocol", "summary": SUMMARY}), flush=True)
