@@ -318,7 +318,12 @@ async def _broker(url: str, args: argparse.Namespace) -> None:
 
 async def _serve(url: str, args: argparse.Namespace) -> None:
     """`streams broker serve`: the Kafka protocol over the broker file, until SIGTERM/SIGINT."""
-    from runtime.protocol import ProtocolServer  # the serve extra: kio
+    try:
+        from runtime.protocol import ProtocolServer  # the serve extra: kio, crc32c, cramjam
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"`streams broker serve` needs the serve extra: pip install 'streams[serve]' ({exc})"
+        ) from exc
 
     if sqlite_path(url) is None and not url.startswith("memory://"):
         raise ConfigurationError(

@@ -64,9 +64,10 @@ def doc_commands() -> list[str]:
 
 
 def runs_until_stopped(command: str) -> bool:
-    """A worker, or a `tail` with neither --max nor --idle: it runs until SIGTERM."""
+    """A worker, `broker serve`, or a `tail` with neither --max nor --idle: it runs until
+    SIGTERM."""
     words = shlex.split(command, comments=True)
-    if "worker" in words:
+    if "worker" in words or words[1:3] == ["broker", "serve"]:
         return True
     return words[:2] == ["streams", "tail"] and not {"--max", "--idle"} & set(words)
 

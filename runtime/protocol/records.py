@@ -2,9 +2,9 @@
 
 The broker stores a batch as its own columnar blob (`runtime.broker.codec`); this module turns
 the wire format into the broker's columns and back. A batch's 61-byte header, its CRC-32C
-(attributes to the end), zig-zag varint records, and compression none or gzip (other codecs
-are refused with UnsupportedCompressionError, which the server answers as
-UNSUPPORTED_COMPRESSION_TYPE).
+(attributes to the end), zig-zag varint records, and compression none, gzip, snappy, lz4 or zstd
+(through cramjam; an unknown codec is UnsupportedCompressionError, which the server answers
+as UNSUPPORTED_COMPRESSION_TYPE).
 
     batches = decode_batches(records_bytes)           # WireBatch per batch, CRC checked
     blob = encode_batch(base, keys, values, timestamps, headers, deltas, pid, epoch, seq, ...)
@@ -12,12 +12,12 @@ UNSUPPORTED_COMPRESSION_TYPE).
 
 from __future__ import annotations
 
-import gzip
 import struct
 import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import cramjam
 from crc32c import crc32c
 
 from runtime.errors import StreamsError
@@ -31,6 +31,9 @@ COMPRESSION_MASK = 0x07
 TRANSACTIONAL = 0x10
 CONTROL = 0x20
 GZIP = 1
+SNAPPY = 2
+LZ4 = 3
+ZSTD = 4
 MAX_RECORDS_PER_BATCH = 1 << 20
 
 
@@ -95,6 +98,53 @@ def varint(value: int) -> bytes:
 _ONE_BYTE = [bytes([n]) for n in range(0x80)]
 
 
+# --- compression --------------------------------------------------------------------------
+
+XERIAL_MAGIC = b"\x82SNAPPY\x00"  # snappy-java's framing, which Kafka clients use
+MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
+
+
+def decompress(codec: int, body: bytes) -> bytes:
+    """A batch's records section, decompressed: none, gzip (1), snappy (2, raw or xerial-
+    framed), lz4 (3, frame format) or zstd (4)."""
+    if codec == 0:
+        return body
+    try:
+        if codec == GZIP:
+            inflate = zlib.decompressobj(wbits=31)  # bounded: a gzip bomb stops at the limit
+            out = inflate.decompress(body, MAX_DECOMPRESSED_BYTES + 1)
+        elif codec == SNAPPY:
+            out = _snappy(body)
+        elif codec == LZ4:
+            out = bytes(cramjam.lz4.decompress(body))
+        elif codec == ZSTD:
+            out = bytes(cramjam.zstd.decompress(body))
+        else:
+            raise UnsupportedCompressionError(
+                f"compression codec {codec} is not one of none, gzip, snappy, lz4, zstd"
+            )
+    except (OSError, EOFError, zlib.error, cramjam.DecompressionError, struct.error) as exc:
+        raise CorruptRecordError(f"a compressed batch does not decompress: {exc}") from exc
+    if len(out) > MAX_DECOMPRESSED_BYTES:
+        raise CorruptRecordError(f"a batch decompresses to {len(out)} bytes: too large")
+    return out
+
+
+def _snappy(body: bytes) -> bytes:
+    if not body.startswith(XERIAL_MAGIC):
+        return bytes(cramjam.snappy.decompress_raw(body))
+    pos = 16  # magic, version i32, compatible version i32
+    blocks = []
+    while pos < len(body):
+        (size,) = struct.unpack_from(">i", body, pos)
+        pos += 4
+        if size < 0 or pos + size > len(body):
+            raise CorruptRecordError("a snappy block runs past its batch")
+        blocks.append(bytes(cramjam.snappy.decompress_raw(body[pos : pos + size])))
+        pos += size
+    return b"".join(blocks)
+
+
 # --- decode -------------------------------------------------------------------------------
 
 
@@ -141,18 +191,9 @@ def _decode_one(data: bytes, start: int, end: int) -> WireBatch:
         raise CorruptRecordError("record batch CRC-32C mismatch")
     if not 0 <= count <= MAX_RECORDS_PER_BATCH:
         raise CorruptRecordError(f"record count {count} out of range")
-    body = bytes(memoryview(data)[start + HEADER_SIZE : end])
-    codec = attributes & COMPRESSION_MASK
-    if codec == GZIP:
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CorruptRecordError(f"gzip data does not decompress: {exc}") from exc
-    elif codec != 0:
-        names = {2: "snappy", 3: "lz4", 4: "zstd"}
-        raise UnsupportedCompressionError(
-            f"compression {names.get(codec, codec)} is not supported: use none or gzip"
-        )
+    body = decompress(
+        attributes & COMPRESSION_MASK, bytes(memoryview(data)[start + HEADER_SIZE : end])
+    )
     keys: list[bytes | None] = []
     values: list[bytes | None] = []
     timestamps: list[int] = []

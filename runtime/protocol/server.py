@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_MAX_FRAME_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 MIN_FRAME_BYTES = 10  # api key, version, correlation id, client id length
+PRODUCE = 0
 FETCH = 1
 JOIN_GROUP = 11
 SYNC_GROUP = 14
@@ -300,6 +301,8 @@ class ProtocolServer:
             payload = await future
             if payload is None:
                 return
+            if not payload:  # a request that gets no response (Produce with acks=0)
+                continue
             writer.write(struct.pack(">i", len(payload)) + payload)
             await writer.drain()
 
@@ -335,7 +338,8 @@ class ProtocolServer:
         finally:
             if header.api_key != API_VERSIONS:
                 self._wrote()
-        future.set_result(payload)
+        no_response = header.api_key == PRODUCE and request.acks == 0
+        future.set_result(b"" if no_response else payload)
         return False
 
     async def _fetch(self, header: RequestHeader, request: Any) -> bytes:

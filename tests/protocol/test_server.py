@@ -87,14 +87,17 @@ def one_batch(value: bytes = b"v", **options: int) -> bytes:
     return encode_batch(0, [b"k"], [value], [int(time.time() * 1000)], None, None, **options)
 
 
-def test_records_keys_headers_and_gzip_round_trip(server: ProtocolServer) -> None:
+@pytest.mark.parametrize("compression", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_records_keys_headers_and_compression_round_trip(
+    server: ProtocolServer, compression: str
+) -> None:
     topic = unique("round")
     create_topic(server.bootstrap, topic, 3)
     producer = Producer(
         {
             "bootstrap.servers": server.bootstrap,
             "enable.idempotence": True,
-            "compression.type": "gzip",
+            "compression.type": compression,
             "linger.ms": 5,
         }
     )
@@ -109,12 +112,12 @@ def test_records_keys_headers_and_gzip_round_trip(server: ProtocolServer) -> Non
         assert message.headers() == [("n", n)]  # type: ignore[attr-defined]
 
 
-def test_unsupported_compression_is_refused_and_nothing_stored(server: ProtocolServer) -> None:
+def test_an_unknown_compression_is_refused_and_nothing_stored(server: ProtocolServer) -> None:
     topic = unique("lz4")
     create_topic(server.bootstrap, topic)
     batch = bytearray(one_batch())
-    # claim zstd (4) in the attributes and fix the CRC: the server must refuse the codec
-    struct.pack_into(">h", batch, 21, 4)
+    # claim codec 5 (none such) in the attributes and fix the CRC: the server must refuse it
+    struct.pack_into(">h", batch, 21, 5)
     from crc32c import crc32c
 
     struct.pack_into(">I", batch, 17, crc32c(bytes(batch[21:])))
@@ -335,3 +338,21 @@ def test_fetch_hands_back_batches_that_decode() -> None:
     assert batch.base_offset == 5
     assert batch.keys == [b"a", None] and batch.values == [b"1", b"2"]
     assert batch.timestamps == [1000, 1001] and batch.headers == [[("h", b"x")], None]
+
+
+def test_acks_0_gets_no_response_and_the_records_are_stored(server: ProtocolServer) -> None:
+    topic = unique("acks0")
+    create_topic(server.bootstrap, topic)
+    producer = Producer(
+        {"bootstrap.servers": server.bootstrap, "acks": 0, "enable.idempotence": False}
+    )
+    for i in range(50):
+        producer.produce(topic, value=b"%d" % i)
+    assert producer.flush(10) == 0
+    got = consume(server.bootstrap, topic, 50)
+    assert sorted(m.value() for m in got) == sorted(b"%d" % i for i in range(50))  # type: ignore[attr-defined]
+    with RawClient("127.0.0.1", server.port) as client:  # a raw acks=0 produce: silence
+        request = produce_request(topic, 0, one_batch(b"silent"))
+        request["acks"] = 0
+        client.send_frame(client.encode(0, 9, request))
+        assert client.request(18, 3, {}).error_code == 0  # the next answer is ApiVersions'
