@@ -387,9 +387,20 @@ class Broker:
         return self._write(lambda now: self.txns.end(pid, epoch, commit, now, bump_epoch))
 
     def send_offsets_to_transaction(
-        self, pid: int, epoch: int, offsets: Mapping[TopicPartition, int], group: GroupMetadata
+        self,
+        pid: int,
+        epoch: int,
+        offsets: Mapping[TopicPartition, int],
+        group: GroupMetadata,
+        *,
+        fence_member: bool = True,
     ) -> None:
-        if not isinstance(group, GroupMetadata) or not group.member_id:
+        """Offsets committed with the transaction. The member (id and generation) must own
+        the partitions; `fence_member=False` is for Kafka clients whose TxnOffsetCommit
+        (versions 0-2) carries no member: as in Kafka, only the producer's epoch fences."""
+        if not isinstance(group, GroupMetadata):
+            raise InvalidTxnStateError("send_offsets_to_transaction needs group metadata")
+        if fence_member and not group.member_id:
             raise InvalidTxnStateError(
                 "send_offsets_to_transaction needs the consumer's group metadata (member id and "
                 "generation), so that a zombie member cannot commit"
@@ -398,7 +409,7 @@ class Broker:
 
         def run(now: int) -> None:
             self._check_partitions(checked)
-            self.txns.add_offsets(pid, epoch, group, checked, now)
+            self.txns.add_offsets(pid, epoch, group, checked, now, fence_member)
 
         self._write(run)
 

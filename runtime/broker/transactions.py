@@ -185,13 +185,16 @@ class Transactions:
         group: GroupMetadata,
         offsets: dict[TopicPartition, int],
         now: int,
+        fence_member: bool = True,
     ) -> None:
         """Offsets that become the group's committed offsets if the transaction commits.
-        The group member must own every partition (zombie members are fenced)."""
+        The group member must own every partition (zombie members are fenced), unless
+        `fence_member` is False: the producer's epoch is then the only fence."""
         txn_id, _, _ = self._producer(pid, epoch)
         if txn_id is None:
             raise InvalidTxnStateError("send_offsets_to_transaction needs a transactional id")
-        self.groups.check_owner(group, offsets, now)
+        if fence_member:
+            self.groups.check_owner(group, offsets, now)
         self._begin(pid, now)
         self.conn.executemany(
             "INSERT OR REPLACE INTO txn_offsets VALUES (?, ?, ?, ?, ?, NULL)",

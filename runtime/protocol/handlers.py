@@ -456,7 +456,12 @@ class Handlers:
         code = codes.NONE
         try:
             self.broker.send_offsets_to_transaction(
-                request.producer_id, request.producer_epoch, offsets, group
+                request.producer_id,
+                request.producer_epoch,
+                offsets,
+                group,
+                # versions 0-2 carry no member: Kafka's legacy path, fenced by the epoch alone
+                fence_member=header.api_version >= 3,
             )
         except StreamsError as exc:
             code = error_code(exc, fenced=codes.PRODUCER_FENCED)
