@@ -96,6 +96,7 @@ def varint(value: int) -> bytes:
 
 
 _ONE_BYTE = [bytes([n]) for n in range(0x80)]
+_ZIGZAG = [varint(n) for n in range(-1, 1 << 14)]  # index n + 1: the varint of n
 
 
 # --- compression --------------------------------------------------------------------------
@@ -202,20 +203,65 @@ def _decode_one(data: bytes, start: int, end: int) -> WireBatch:
     pos = 0
     try:
         for _ in range(count):
-            length, pos = read_varint(body, pos)
+            byte = body[pos]
+            if byte < 0x80:  # one-byte varints: the common case, inline
+                length = (byte >> 1) ^ -(byte & 1)
+                pos += 1
+            elif body[pos + 1] < 0x80:
+                raw = (byte & 0x7F) | (body[pos + 1] << 7)
+                length = (raw >> 1) ^ -(raw & 1)
+                pos += 2
+            else:
+                length, pos = read_varint(body, pos)
             record_end = pos + length
             if length < 0 or record_end > len(body):
                 raise CorruptRecordError("a record length past the end of its batch")
             pos += 1  # attributes
-            ts_delta, pos = read_varint(body, pos)
-            _offset_delta, pos = read_varint(body, pos)
-            size, pos = read_varint(body, pos)
+            byte = body[pos]
+            if byte < 0x80:  # one-byte varints: the common case, inline
+                ts_delta = (byte >> 1) ^ -(byte & 1)
+                pos += 1
+            elif body[pos + 1] < 0x80:
+                raw = (byte & 0x7F) | (body[pos + 1] << 7)
+                ts_delta = (raw >> 1) ^ -(raw & 1)
+                pos += 2
+            else:
+                ts_delta, pos = read_varint(body, pos)
+            byte = body[pos]
+            if byte < 0x80:  # one-byte varints: the common case, inline
+                _offset_delta = (byte >> 1) ^ -(byte & 1)
+                pos += 1
+            elif body[pos + 1] < 0x80:
+                raw = (byte & 0x7F) | (body[pos + 1] << 7)
+                _offset_delta = (raw >> 1) ^ -(raw & 1)
+                pos += 2
+            else:
+                _offset_delta, pos = read_varint(body, pos)
+            byte = body[pos]
+            if byte < 0x80:  # one-byte varints: the common case, inline
+                size = (byte >> 1) ^ -(byte & 1)
+                pos += 1
+            elif body[pos + 1] < 0x80:
+                raw = (byte & 0x7F) | (body[pos + 1] << 7)
+                size = (raw >> 1) ^ -(raw & 1)
+                pos += 2
+            else:
+                size, pos = read_varint(body, pos)
             if size < 0:
                 keys.append(None)
             else:
                 keys.append(body[pos : pos + size])
                 pos += size
-            size, pos = read_varint(body, pos)
+            byte = body[pos]
+            if byte < 0x80:  # one-byte varints: the common case, inline
+                size = (byte >> 1) ^ -(byte & 1)
+                pos += 1
+            elif body[pos + 1] < 0x80:
+                raw = (byte & 0x7F) | (body[pos + 1] << 7)
+                size = (raw >> 1) ^ -(raw & 1)
+                pos += 2
+            else:
+                size, pos = read_varint(body, pos)
             if size < 0:
                 values.append(None)
             else:
@@ -278,27 +324,51 @@ def encode_batch(
     base_ts = min(timestamps) if timestamps else 0
     max_ts = max(timestamps) if timestamps else 0
     parts: list[bytes] = []
+    extend = parts.extend
+    zz = _ZIGZAG
+    small = len(zz) - 1  # values -1 .. small-1 come from the table
     for i in range(count):
         key = keys[i]
         value = values[i]
+        ts_delta = timestamps[i] - base_ts
+        offset_delta = i if deltas is None else deltas[i]
+        tsd = zz[ts_delta + 1] if ts_delta < small else varint(ts_delta)
+        od = zz[offset_delta + 1] if offset_delta < small else varint(offset_delta)
+        if key is None:
+            kl = b"\x01"
+            key = b""
+        else:
+            n = len(key)
+            kl = zz[n + 1] if n < small else varint(n)
+        if value is None:
+            vl = b"\x01"
+            value = b""
+        else:
+            n = len(value)
+            vl = zz[n + 1] if n < small else varint(n)
         record_headers = None if headers is None else headers[i]
-        fields = [
-            b"\x00",
-            varint(timestamps[i] - base_ts),
-            varint(i if deltas is None else deltas[i]),
-            b"\x01" if key is None else varint(len(key)) + key,
-            b"\x01" if value is None else varint(len(value)) + value,
-        ]
         if record_headers:
-            fields.append(varint(len(record_headers)))
+            encoded = [varint(len(record_headers))]
             for name, header_value in record_headers:
                 raw = name.encode()
-                fields.append(varint(len(raw)) + raw + varint(len(header_value)) + header_value)
+                encoded.append(varint(len(raw)) + raw + varint(len(header_value)) + header_value)
+            hd = b"".join(encoded)
         else:
-            fields.append(b"\x00")
-        record = b"".join(fields)
-        parts.append(varint(len(record)))
-        parts.append(record)
+            hd = b"\x00"
+        size = 1 + len(tsd) + len(od) + len(kl) + len(key) + len(vl) + len(value) + len(hd)
+        extend(
+            (
+                zz[size + 1] if size < small else varint(size),
+                b"\x00",
+                tsd,
+                od,
+                kl,
+                key,
+                vl,
+                value,
+                hd,
+            )
+        )
     body = b"".join(parts)
     if last_offset_delta is None:
         last_offset_delta = (count - 1) if deltas is None else deltas[-1]
