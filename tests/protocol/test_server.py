@@ -356,3 +356,153 @@ def test_acks_0_gets_no_response_and_the_records_are_stored(server: ProtocolServ
         request["acks"] = 0
         client.send_frame(client.encode(0, 9, request))
         assert client.request(18, 3, {}).error_code == 0  # the next answer is ApiVersions'
+
+
+def subscription(topic: str) -> bytes:
+    """ConsumerProtocolSubscription v0: version, [topics], user data (null)."""
+    name = topic.encode()
+    return struct.pack(">hih", 0, 1, len(name)) + name + struct.pack(">i", -1)
+
+
+def assignment(topic: str, partitions: list[int]) -> bytes:
+    """ConsumerProtocolAssignment v0: version, [topic, [partitions]], user data (null)."""
+    name = topic.encode()
+    return (
+        struct.pack(">hih", 0, 1, len(name))
+        + name
+        + struct.pack(f">i{len(partitions)}i", len(partitions), *partitions)
+        + struct.pack(">i", -1)
+    )
+
+
+def test_group_commits_are_fenced_and_transactional_offsets_unstable(
+    server: ProtocolServer,
+) -> None:
+    """A classic member's commits: accepted in its generation, ILLEGAL_GENERATION from an
+    older one, UNKNOWN_MEMBER_ID once it left; TxnOffsetCommit offsets make OffsetFetch with
+    require_stable answer UNSTABLE_OFFSET_COMMIT until the transaction commits them."""
+    topic, group = unique("fenced"), unique("g")
+    create_topic(server.bootstrap, topic)
+
+    def commit(client: RawClient, generation: int, member: str, offset: int) -> int:
+        answer = client.request(
+            8,
+            8,
+            {
+                "group_id": group,
+                "generation_id_or_member_epoch": generation,
+                "member_id": member,
+                "topics": [
+                    {
+                        "name": topic,
+                        "partitions": [{"partition_index": 0, "committed_offset": offset}],
+                    }
+                ],
+            },
+        )
+        return int(answer.topics[0].partitions[0].error_code)
+
+    def fetch_offset(client: RawClient, require_stable: bool) -> tuple[int, int]:
+        answer = client.request(
+            9,
+            7,
+            {
+                "group_id": group,
+                "topics": [{"name": topic, "partition_indexes": [0]}],
+                "require_stable": require_stable,
+            },
+        )
+        part = answer.topics[0].partitions[0]
+        return int(part.error_code), int(part.committed_offset)
+
+    with RawClient("127.0.0.1", server.port) as client:
+        joined = client.request(
+            11,
+            5,
+            {
+                "group_id": group,
+                "session_timeout": 6000,
+                "rebalance_timeout": 6000,
+                "member_id": "",
+                "protocol_type": "consumer",
+                "protocols": [{"name": "range", "metadata": subscription(topic)}],
+            },
+        )
+        assert joined.error_code == 0 and joined.leader == joined.member_id
+        assert [m.metadata for m in joined.members] == [subscription(topic)]
+        member, generation = joined.member_id, joined.generation_id
+        mine = assignment(topic, [0])
+        synced = client.request(
+            14,
+            3,
+            {
+                "group_id": group,
+                "generation_id": generation,
+                "member_id": member,
+                "assignments": [{"member_id": member, "assignment": mine}],
+            },
+        )
+        assert (synced.error_code, synced.assignment) == (0, mine)
+        assert commit(client, generation, member, 1) == 0
+        assert commit(client, generation - 1, member, 2) == 22  # ILLEGAL_GENERATION
+        assert commit(client, generation, "intruder", 2) == 25  # UNKNOWN_MEMBER_ID
+        assert fetch_offset(client, True) == (0, 1)
+
+        init = client.request(
+            22, 4, {"transactional_id": unique("t"), "transaction_timeout": 60_000}
+        )
+        pid, epoch = init.producer_id, init.producer_epoch
+        added = client.request(
+            25,
+            3,
+            {
+                "transactional_id": "t",
+                "producer_id": pid,
+                "producer_epoch": epoch,
+                "group_id": group,
+            },
+        )
+        assert added.error_code == 0
+        sent = client.request(
+            28,
+            3,
+            {
+                "transactional_id": "t",
+                "group_id": group,
+                "producer_id": pid,
+                "producer_epoch": epoch,
+                "generation_id": generation,
+                "member_id": member,
+                "topics": [
+                    {
+                        "name": topic,
+                        "partitions": [{"partition_index": 0, "committed_offset": 5}],
+                    }
+                ],
+            },
+        )
+        assert sent.topics[0].partitions[0].error_code == 0
+        assert fetch_offset(client, True)[0] == 88  # UNSTABLE_OFFSET_COMMIT
+        assert fetch_offset(client, False) == (0, 1)
+        ended = client.request(
+            26,
+            3,
+            {
+                "transactional_id": "t",
+                "producer_id": pid,
+                "producer_epoch": epoch,
+                "committed": True,
+            },
+        )
+        assert ended.error_code == 0
+        assert fetch_offset(client, True) == (0, 5)
+
+        beat = client.request(
+            12, 4, {"group_id": group, "generation_id": generation, "member_id": member}
+        )
+        assert beat.error_code == 0
+        left = client.request(13, 4, {"group_id": group, "members": [{"member_id": member}]})
+        assert left.error_code == 0
+        assert commit(client, generation, member, 6) == 25  # it left: UNKNOWN_MEMBER_ID
+        described = client.request(15, 5, {"groups": [group]})
+        assert described.groups[0].group_state == "Empty"
