@@ -691,6 +691,22 @@ class Broker:
         for tp in tps:
             self.log.tp_id(tp.topic, tp.partition)  # UnknownTopicError, PartitionOutOfRange
 
+    def delete_records(self, tp: TopicPartition, before: int | str) -> int:
+        """Delete the records of a partition below offset `before` (LATEST: all of them, up
+        to the high watermark): the log start moves there. Returns the new log start."""
+
+        def run(now: int) -> int:
+            tp_id = self.log.tp_id(tp.topic, tp.partition)
+            if before == LATEST:
+                before_offset = self.log.offsets(tp_id)[1]
+            elif type(before) is int:
+                before_offset = before
+            else:
+                raise InvalidRequestError(f"delete before an offset or 'latest', not {before!r}")
+            return self.log.delete_before(TopicPartition(*tp), tp_id, before_offset)
+
+        return self._write(run)
+
     # --- maintenance --------------------------------------------------------------------
 
     def maintain(self, *, force_compaction: bool = False) -> dict[str, int]:

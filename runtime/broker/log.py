@@ -381,6 +381,25 @@ class Log:
                     return int(base) + (i if deltas is None else deltas[i])
         return None
 
+    def delete_before(self, tp: TopicPartition, tp_id: int, offset: int) -> int:
+        """Move the log start to `offset` (at most the high watermark), deleting the batches
+        wholly below it (Kafka's DeleteRecords); returns the new log start."""
+        log_start, hw, _ = self.offsets(tp_id)
+        if type(offset) is not int or offset > hw or offset < 0:
+            raise OffsetOutOfRangeError(
+                f"cannot delete records of {tp.topic}[{tp.partition}] before {offset!r}: "
+                f"the high watermark is {hw}"
+            )
+        if offset <= log_start:
+            return log_start
+        self.conn.execute("DELETE FROM batches WHERE tp = ? AND last_offset < ?", (tp_id, offset))
+        self.conn.execute(
+            "UPDATE partitions SET log_start = ?, bytes = (SELECT coalesce(sum(length(payload)),"
+            " 0) FROM batches WHERE tp = ?) WHERE id = ?",
+            (offset, tp_id, tp_id),
+        )
+        return offset
+
     # --- retention and compaction -------------------------------------------------------
 
     def enforce_retention(self, topic: Topic, now: int) -> int:

@@ -50,6 +50,7 @@ class Handlers:
         self.table: dict[int, Callable[[RequestHeader, Any], dict[str, Any]]] = {
             0: self.produce,
             2: self.list_offsets,
+            21: self.delete_records,
             3: self.metadata,
             8: lambda h, r: self.groups.offset_commit(r),
             9: lambda h, r: self.groups.offset_fetch(r),
@@ -369,6 +370,27 @@ class Handlers:
                 try:
                     answer["offset"] = self.broker.list_offset(
                         TopicPartition(topic.name, part.partition_index), spec, isolation
+                    )
+                except StreamsError as exc:
+                    answer["error_code"] = error_code(exc)
+                partitions.append(answer)
+            topics.append({"name": topic.name, "partitions": partitions})
+        return {"throttle_time": 0, "topics": topics}
+
+    def delete_records(self, header: RequestHeader, request: Any) -> dict[str, Any]:
+        topics = []
+        for topic in request.topics:
+            partitions = []
+            for part in topic.partitions:
+                answer: dict[str, Any] = {
+                    "partition_index": part.partition_index,
+                    "low_watermark": -1,
+                    "error_code": codes.NONE,
+                }
+                before: int | str = LATEST if part.offset == -1 else part.offset
+                try:
+                    answer["low_watermark"] = self.broker.delete_records(
+                        TopicPartition(topic.name, part.partition_index), before
                     )
                 except StreamsError as exc:
                     answer["error_code"] = error_code(exc)

@@ -506,3 +506,31 @@ def test_group_commits_are_fenced_and_transactional_offsets_unstable(
         assert commit(client, generation, member, 6) == 25  # it left: UNKNOWN_MEMBER_ID
         described = client.request(15, 5, {"groups": [group]})
         assert described.groups[0].group_state == "Empty"
+
+
+def test_delete_records_moves_the_log_start(server: ProtocolServer) -> None:
+    topic = unique("trim")
+    create_topic(server.bootstrap, topic)
+    producer = Producer({"bootstrap.servers": server.bootstrap, "linger.ms": 0})
+    for i in range(10):
+        producer.produce(topic, value=b"%d" % i)
+        producer.flush(10)  # one batch per record
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+    from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+    trimmed = admin.delete_records([KafkaTopicPartition(topic, 0, 4)])
+    for future in trimmed.values():
+        assert future.result(10).low_watermark == 4
+    with RawClient("127.0.0.1", server.port) as client:
+        too_far = client.request(
+            21,
+            2,
+            {
+                "topics": [{"name": topic, "partitions": [{"partition_index": 0, "offset": 99}]}],
+                "timeout": 5000,
+            },
+        )
+        assert too_far.topics[0].partitions[0].error_code == 1  # OFFSET_OUT_OF_RANGE
+    assert [m.value() for m in consume(server.bootstrap, topic, 6)] == [  # type: ignore[attr-defined]
+        b"%d" % i for i in range(4, 10)
+    ]
