@@ -156,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     to.add_argument("--shift-by", type=int, metavar="N", help="N records on (or back, if <0)")
     reset.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
 
-    broker = commands.add_parser("broker", help="back up or check the embedded broker's file")
+    broker = commands.add_parser(
+        "broker", help="serve (Kafka protocol), back up or check the embedded broker's file"
+    )
     broker_commands = broker.add_subparsers(dest="action", required=True)
     broker_commands.add_parser(
         "backup", help="copy the live broker file, consistently, to a new file, and check it"

@@ -25,7 +25,13 @@ from runtime.protocol import errors as codes
 from runtime.protocol.errors import error_code
 from runtime.protocol.groups import GroupHandlers
 from runtime.protocol.messages import SUPPORTED, RequestHeader
-from runtime.protocol.records import CONTROL, TRANSACTIONAL, decode_batches, encode_batch
+from runtime.protocol.records import (
+    CONTROL,
+    TRANSACTIONAL,
+    WireBatch,
+    decode_batches,
+    encode_batch,
+)
 from runtime.types import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -261,56 +267,87 @@ class Handlers:
     # --- producing ----------------------------------------------------------------------
 
     def produce(self, header: RequestHeader, request: Any) -> dict[str, Any]:
-        responses = []
+        """Every partition's batches in one broker call (one SQLite transaction) when they
+        all succeed; when that call fails, partition by partition, so that each partition
+        gets its own answer (the failed call changed nothing)."""
+        answers: list[tuple[str, dict[str, Any]]] = []
+        decoded: list[tuple[dict[str, Any], list[WireBatch], list[ProduceBatch]]] = []
         for topic in request.topic_data:
-            partitions = []
             for part in topic.partition_data:
-                partitions.append(self._produce_partition(topic.name, part.index, part.records))
-            responses.append({"name": topic.name, "partition_responses": partitions})
-        return {"responses": responses, "throttle_time": 0}
-
-    def _produce_partition(
-        self, topic: str, partition: int, records: bytes | None
-    ) -> dict[str, Any]:
-        answer: dict[str, Any] = {
-            "index": partition,
-            "error_code": codes.NONE,
-            "base_offset": -1,
-            "log_append_time": -1,
-            "log_start_offset": -1,
-            "record_errors": [],
+                answer: dict[str, Any] = {
+                    "index": part.index,
+                    "error_code": codes.NONE,
+                    "base_offset": -1,
+                    "log_append_time": -1,
+                    "log_start_offset": -1,
+                    "record_errors": [],
+                }
+                answers.append((topic.name, answer))
+                try:
+                    if part.records is None:
+                        raise codes_corrupt("a produce request without records")
+                    wire = decode_batches(part.records)
+                    if any(batch.control for batch in wire):
+                        raise codes_corrupt("clients may not produce control batches")
+                except StreamsError as exc:
+                    _failed(answer, exc)
+                    continue
+                batches = [
+                    ProduceBatch(
+                        topic.name,
+                        part.index,
+                        batch.base_sequence,
+                        batch.keys,
+                        batch.values,
+                        batch.timestamps,
+                        batch.headers,
+                    )
+                    for batch in wire
+                ]
+                decoded.append((answer, wire, batches))
+        producers = {
+            (b.producer_id, b.producer_epoch, b.transactional) for _, w, _ in decoded for b in w
         }
-        try:
-            if records is None:
-                raise codes_corrupt("a produce request without records")
-            base = -1
-            for batch in decode_batches(records):
-                if batch.control:
-                    raise codes_corrupt("clients may not produce control batches")
-                offset = self.broker.produce(
-                    batch.producer_id,
-                    batch.producer_epoch,
-                    [
-                        ProduceBatch(
-                            topic,
-                            partition,
-                            batch.base_sequence,
-                            batch.keys,
-                            batch.values,
-                            batch.timestamps,
-                            batch.headers,
-                        )
-                    ],
-                    transactional=batch.transactional,
-                )[0]
-                if base < 0:
-                    base = offset
-            answer["base_offset"] = base
-        except StreamsError as exc:
-            answer["error_code"] = error_code(exc)
-            answer["error_message"] = str(exc)
-            log.debug("produce to %s[%d] failed: %s", topic, partition, exc)
-        return answer
+        together = False
+        if len(producers) == 1 and decoded:
+            pid, epoch, transactional = producers.pop()
+            try:
+                offsets = self.broker.produce(
+                    pid,
+                    epoch,
+                    [batch for _, _, batches in decoded for batch in batches],
+                    transactional=transactional,
+                )
+                together = True
+            except StreamsError:
+                pass  # answered partition by partition below
+            if together:
+                position = 0
+                for answer, _, batches in decoded:
+                    answer["base_offset"] = offsets[position]
+                    position += len(batches)
+        if not together:
+            for answer, wire, batches in decoded:
+                try:
+                    base = -1
+                    for batch, stored in zip(wire, batches, strict=True):
+                        offset = self.broker.produce(
+                            batch.producer_id,
+                            batch.producer_epoch,
+                            [stored],
+                            transactional=batch.transactional,
+                        )[0]
+                        base = offset if base < 0 else base
+                    answer["base_offset"] = base
+                except StreamsError as exc:
+                    _failed(answer, exc)
+        topics: dict[str, list[dict[str, Any]]] = {}
+        for name, answer in answers:
+            topics.setdefault(name, []).append(answer)
+        return {
+            "responses": [{"name": n, "partition_responses": p} for n, p in topics.items()],
+            "throttle_time": 0,
+        }
 
     # --- fetching -----------------------------------------------------------------------
 
@@ -500,6 +537,12 @@ class Handlers:
                 for topic in request.topics
             ],
         }
+
+
+def _failed(answer: dict[str, Any], exc: StreamsError) -> None:
+    answer["error_code"] = error_code(exc)
+    answer["error_message"] = str(exc)
+    log.debug("produce to partition %d failed: %s", answer["index"], exc)
 
 
 def codes_corrupt(message: str) -> StreamsError:

@@ -56,6 +56,9 @@ FETCH = 1
 JOIN_GROUP = 11
 SYNC_GROUP = 14
 GROUP_POLL_S = 0.05
+# requests that may change what a waiting Fetch, JoinGroup or SyncGroup looks for: they wake
+# the waiters at once (others, and other processes' writes, are seen by polling)
+WRITES = frozenset({0, 8, 12, 13, 19, 20, 21, 22, 24, 25, 26, 28})
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.02
 MAINTENANCE_INTERVAL_S = 1.0
@@ -336,7 +339,7 @@ class ProtocolServer:
             future.set_result(None)
             return True
         finally:
-            if header.api_key != API_VERSIONS:
+            if header.api_key in WRITES:
                 self._wrote()
         no_response = header.api_key == PRODUCE and request.acks == 0
         future.set_result(b"" if no_response else payload)
