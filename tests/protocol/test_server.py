@@ -534,3 +534,29 @@ def test_delete_records_moves_the_log_start(server: ProtocolServer) -> None:
     assert [m.value() for m in consume(server.bootstrap, topic, 6)] == [  # type: ignore[attr-defined]
         b"%d" % i for i in range(4, 10)
     ]
+
+
+def test_each_partition_of_a_produce_gets_its_own_answer_and_resends_are_deduplicated(
+    server: ProtocolServer,
+) -> None:
+    topic = unique("parts")
+    create_topic(server.bootstrap, topic)
+    with RawClient("127.0.0.1", server.port) as client:
+        init = client.request(22, 4, {"transactional_id": None, "transaction_timeout": 60_000})
+        pid, epoch = init.producer_id, init.producer_epoch
+        first = one_batch(b"once", producer_id=pid, producer_epoch=epoch, base_sequence=0)
+        request = produce_request(topic, 0, first)
+        request["topic_data"][0]["partition_data"].append(  # type: ignore[index]
+            {"index": 7, "records": one_batch(b"nowhere")}  # the topic has 1 partition
+        )
+        answer = client.request(0, 9, request).responses[0].partition_responses
+        assert [(p.index, p.error_code, p.base_offset) for p in answer] == [
+            (0, 0, 0),
+            (7, UNKNOWN_TOPIC_OR_PARTITION, -1),
+        ]
+        again = client.request(0, 9, produce_request(topic, 0, first))  # a resend: same offset
+        assert again.responses[0].partition_responses[0].base_offset == 0
+        gap = one_batch(b"gap", producer_id=pid, producer_epoch=epoch, base_sequence=5)
+        refused = client.request(0, 9, produce_request(topic, 0, gap))
+        assert refused.responses[0].partition_responses[0].error_code == 45  # OUT_OF_ORDER
+    assert [m.value() for m in consume(server.bootstrap, topic, 1)] == [b"once"]  # type: ignore[attr-defined]
