@@ -10,7 +10,6 @@ polls `join_answer` / `sync_answer` until they return a body.
 
 from __future__ import annotations
 
-import datetime
 import struct
 from typing import Any
 
@@ -19,6 +18,7 @@ from runtime.broker.classic import InconsistentGroupProtocolError
 from runtime.errors import StreamsError
 from runtime.protocol import errors as codes
 from runtime.protocol.errors import error_code
+from runtime.protocol.messages import millis
 from runtime.types import GroupMetadata, TopicPartition
 
 
@@ -65,8 +65,8 @@ class GroupHandlers:
                 request.member_id,
                 getattr(request, "group_instance_id", None),
                 client_id or "client",
-                _ms(request.session_timeout),
-                _ms(getattr(request, "rebalance_timeout", request.session_timeout)),
+                millis(request.session_timeout),
+                millis(getattr(request, "rebalance_timeout", request.session_timeout)),
                 request.protocol_type,
                 [(p.name, bytes(p.metadata)) for p in request.protocols],
             )
@@ -303,9 +303,3 @@ def sync_body(code: int, request: Any, assignment: bytes) -> dict[str, Any]:
         "protocol_name": getattr(request, "protocol_name", None),
         "assignment": assignment,
     }
-
-
-def _ms(value: Any) -> int:
-    if isinstance(value, datetime.timedelta):
-        return round(value.total_seconds() * 1000)
-    return int(value)

@@ -10,7 +10,6 @@ that entry's error code; the others go on.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import struct
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from runtime.errors import StreamsError, UnknownTopicError
 from runtime.protocol import errors as codes
 from runtime.protocol.errors import error_code
 from runtime.protocol.groups import GroupHandlers
-from runtime.protocol.messages import SUPPORTED, RequestHeader
+from runtime.protocol.messages import SUPPORTED, RequestHeader, millis
 from runtime.protocol.records import (
     CONTROL,
     TRANSACTIONAL,
@@ -32,6 +31,7 @@ from runtime.protocol.records import (
     decode_batches,
     encode_batch,
 )
+from runtime.protocol.transactions import TransactionHandlers
 from runtime.types import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Handlers:
         self.node = node
         self.auto_create_topics = auto_create_topics
         self.groups = GroupHandlers(broker)
+        self.txns = TransactionHandlers(broker)
         self.table: dict[int, Callable[[RequestHeader, Any], dict[str, Any]]] = {
             0: self.produce,
             2: self.list_offsets,
@@ -68,11 +69,11 @@ class Handlers:
             18: self.api_versions,
             19: self.create_topics,
             20: self.delete_topics,
-            22: self.init_producer_id,
-            24: self.add_partitions_to_txn,
-            25: self.add_offsets_to_txn,
-            26: self.end_txn,
-            28: self.txn_offset_commit,
+            22: self.txns.init_producer_id,
+            24: self.txns.add_partitions_to_txn,
+            25: self.txns.add_offsets_to_txn,
+            26: self.txns.end_txn,
+            28: self.txns.txn_offset_commit,
             32: self.describe_configs,
             60: self.describe_cluster,
         }
@@ -396,7 +397,7 @@ class Handlers:
                     "offset": -1,
                     "leader_epoch": 0,
                 }
-                stamp = _millis(part.timestamp)
+                stamp = millis(part.timestamp)
                 spec: str | int = (
                     EARLIEST
                     if stamp == EARLIEST_TIMESTAMP
@@ -435,109 +436,6 @@ class Handlers:
             topics.append({"name": topic.name, "partitions": partitions})
         return {"throttle_time": 0, "topics": topics}
 
-    # --- transactions -------------------------------------------------------------------
-
-    def init_producer_id(self, header: RequestHeader, request: Any) -> dict[str, Any]:
-        timeout = _millis(request.transaction_timeout)
-        try:
-            txn_id = request.transactional_id
-            pid, epoch = self.broker.init_producer_id(
-                txn_id, timeout if txn_id is not None else 60_000
-            )
-        except StreamsError as exc:
-            return {
-                "throttle_time": 0,
-                "error_code": error_code(exc, fenced=codes.PRODUCER_FENCED),
-                "producer_id": -1,
-                "producer_epoch": -1,
-            }
-        return {
-            "throttle_time": 0,
-            "error_code": codes.NONE,
-            "producer_id": pid,
-            "producer_epoch": epoch,
-        }
-
-    def add_partitions_to_txn(self, header: RequestHeader, request: Any) -> dict[str, Any]:
-        topics = request.v3_and_below_topics
-        code = codes.NONE
-        try:
-            self.broker.begin_transaction(
-                request.v3_and_below_producer_id, request.v3_and_below_producer_epoch
-            )
-        except StreamsError as exc:
-            code = error_code(exc, fenced=codes.PRODUCER_FENCED)
-        results = []
-        for topic in topics:
-            partitions = []
-            for partition in topic.partitions:
-                partition_code = code
-                if code == codes.NONE:
-                    try:
-                        self.broker.describe_topic(topic.name)
-                    except StreamsError as exc:
-                        partition_code = error_code(exc)
-                partitions.append(
-                    {"partition_index": partition, "partition_error_code": partition_code}
-                )
-            results.append({"name": topic.name, "results_by_partition": partitions})
-        return {"throttle_time": 0, "results_by_topic_v3_and_below": results}
-
-    def add_offsets_to_txn(self, header: RequestHeader, request: Any) -> dict[str, Any]:
-        try:
-            self.broker.begin_transaction(request.producer_id, request.producer_epoch)
-        except StreamsError as exc:
-            return {"throttle_time": 0, "error_code": error_code(exc, fenced=codes.PRODUCER_FENCED)}
-        return {"throttle_time": 0, "error_code": codes.NONE}
-
-    def end_txn(self, header: RequestHeader, request: Any) -> dict[str, Any]:
-        try:
-            self.broker.end_transaction(
-                request.producer_id, request.producer_epoch, request.committed, bump_epoch=False
-            )
-        except StreamsError as exc:
-            return {"throttle_time": 0, "error_code": error_code(exc, fenced=codes.PRODUCER_FENCED)}
-        return {"throttle_time": 0, "error_code": codes.NONE}
-
-    def txn_offset_commit(self, header: RequestHeader, request: Any) -> dict[str, Any]:
-        from runtime.types import GroupMetadata
-
-        offsets = {
-            TopicPartition(topic.name, p.partition_index): p.committed_offset
-            for topic in request.topics
-            for p in topic.partitions
-        }
-        group = GroupMetadata(
-            request.group_id,
-            getattr(request, "generation_id", -1),
-            getattr(request, "member_id", ""),
-        )
-        code = codes.NONE
-        try:
-            self.broker.send_offsets_to_transaction(
-                request.producer_id,
-                request.producer_epoch,
-                offsets,
-                group,
-                # versions 0-2 carry no member: Kafka's legacy path, fenced by the epoch alone
-                fence_member=header.api_version >= 3,
-            )
-        except StreamsError as exc:
-            code = error_code(exc, fenced=codes.PRODUCER_FENCED)
-        return {
-            "throttle_time": 0,
-            "topics": [
-                {
-                    "name": topic.name,
-                    "partitions": [
-                        {"partition_index": p.partition_index, "error_code": code}
-                        for p in topic.partitions
-                    ],
-                }
-                for topic in request.topics
-            ],
-        }
-
 
 def _failed(answer: dict[str, Any], exc: StreamsError) -> None:
     answer["error_code"] = error_code(exc)
@@ -555,15 +453,6 @@ def codes_topic_exists(name: str) -> StreamsError:
     from runtime.errors import TopicExistsError
 
     return TopicExistsError(f"topic {name!r} already exists")
-
-
-def _millis(value: Any) -> int:
-    """A kio timedelta or datetime field as integer milliseconds (or the int it already is)."""
-    if isinstance(value, datetime.timedelta):
-        return round(value.total_seconds() * 1000)
-    if isinstance(value, datetime.datetime):
-        return round(value.timestamp() * 1000)
-    return int(value)
 
 
 def _topic_settings(configs: Any) -> dict[str, Any]:

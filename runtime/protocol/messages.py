@@ -289,3 +289,12 @@ def build(cls: Any, data: dict[str, Any]) -> Any:
         elif not has_default:
             kwargs[name] = convert(None)
     return cls(**kwargs)
+
+
+def millis(value: Any) -> int:
+    """A kio timedelta or datetime field as integer milliseconds (or the int it already is)."""
+    if isinstance(value, datetime.timedelta):
+        return round(value.total_seconds() * 1000)
+    if isinstance(value, datetime.datetime):
+        return round(value.timestamp() * 1000)
+    return int(value)

@@ -34,7 +34,7 @@ from runtime.broker import READ_COMMITTED, READ_UNCOMMITTED, Broker
 from runtime.errors import ConfigurationError, StreamsError
 from runtime.protocol.errors import REBALANCE_IN_PROGRESS
 from runtime.protocol.groups import join_error, sync_body
-from runtime.protocol.handlers import Handlers, Node, _millis
+from runtime.protocol.handlers import Handlers, Node
 from runtime.protocol.messages import (
     API_VERSIONS,
     UNSUPPORTED_VERSION,
@@ -44,6 +44,7 @@ from runtime.protocol.messages import (
     encode_api_versions_error,
     encode_error_response,
     encode_response,
+    millis,
     parse_request,
 )
 
@@ -348,7 +349,7 @@ class ProtocolServer:
     async def _fetch(self, header: RequestHeader, request: Any) -> bytes:
         """Fetch with long polling: answer once min_bytes are there or max_wait passed."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0, _millis(request.max_wait)) / 1000
+        deadline = loop.time() + max(0, millis(request.max_wait)) / 1000
         isolation = (
             READ_COMMITTED if getattr(request, "isolation_level", 0) == 1 else READ_UNCOMMITTED
         )
@@ -413,7 +414,7 @@ class ProtocolServer:
         self._wrote()
         body = join_error(member_id, code)
         if code == 0:
-            timeout = _millis(getattr(request, "rebalance_timeout", request.session_timeout))
+            timeout = millis(getattr(request, "rebalance_timeout", request.session_timeout))
             answer = await self._poll_group(
                 functools.partial(groups.join_answer, member_id, request), timeout / 1000 + 5
             )
