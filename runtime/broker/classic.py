@@ -259,6 +259,7 @@ class ClassicGroups:
     def join_result(self, group_id: str, member_id: str, now: int) -> JoinResult | None:
         """The answer to a member's join once its round completed; None while it waits."""
         self._tables()
+        self._expire(group_id, now)  # a silent member must not hold the round up
         self._maybe_complete(group_id, now)
         row = self.conn.execute(
             "SELECT joined, generation FROM classic_members WHERE group_id = ? AND member_id = ?",

@@ -560,3 +560,73 @@ def test_each_partition_of_a_produce_gets_its_own_answer_and_resends_are_dedupli
         refused = client.request(0, 9, produce_request(topic, 0, gap))
         assert refused.responses[0].partition_responses[0].error_code == 45  # OUT_OF_ORDER
     assert [m.value() for m in consume(server.bootstrap, topic, 1)] == [b"once"]  # type: ignore[attr-defined]
+
+
+def test_a_silent_member_is_removed_after_its_session_and_its_partitions_move(
+    server: ProtocolServer,
+) -> None:
+    """A member that joined, synced and then went silent (a crashed client) holds its
+    partitions only until its session times out: a new member then gets them, and the silent
+    one's late commit is UNKNOWN_MEMBER_ID."""
+    topic, group = unique("crash"), unique("g")
+    create_topic(server.bootstrap, topic, 2)
+    producer = Producer({"bootstrap.servers": server.bootstrap})
+    for i in range(10):
+        producer.produce(topic, value=b"%d" % i, partition=i % 2)
+    assert producer.flush(10) == 0
+    with RawClient("127.0.0.1", server.port) as silent:
+        joined = silent.request(
+            11,
+            5,
+            {
+                "group_id": group,
+                "session_timeout": 2000,
+                "rebalance_timeout": 2000,
+                "member_id": "",
+                "protocol_type": "consumer",
+                "protocols": [{"name": "range", "metadata": subscription(topic)}],
+            },
+        )
+        member, generation = joined.member_id, joined.generation_id
+        silent.request(
+            14,
+            3,
+            {
+                "group_id": group,
+                "generation_id": generation,
+                "member_id": member,
+                "assignments": [{"member_id": member, "assignment": assignment(topic, [0, 1])}],
+            },
+        )
+        started = time.monotonic()
+        survivor = Consumer(
+            {
+                "bootstrap.servers": server.bootstrap,
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+            }
+        )
+        survivor.subscribe([topic])
+        seen = []
+        while len(seen) < 10 and time.monotonic() - started < 20:
+            message = survivor.poll(0.2)
+            if message is not None and message.error() is None:
+                seen.append(message.value())
+        took = time.monotonic() - started
+        assert sorted(seen) == sorted(b"%d" % i for i in range(10))
+        assert 1.5 < took < 10, took  # after the silent member's 2 s session, not before
+        late = silent.request(
+            8,
+            8,
+            {
+                "group_id": group,
+                "generation_id_or_member_epoch": generation,
+                "member_id": member,
+                "topics": [
+                    {"name": topic, "partitions": [{"partition_index": 0, "committed_offset": 3}]}
+                ],
+            },
+        )
+        assert late.topics[0].partitions[0].error_code == 25  # UNKNOWN_MEMBER_ID
+        survivor.close()
