@@ -630,3 +630,29 @@ def test_a_silent_member_is_removed_after_its_session_and_its_partitions_move(
         )
         assert late.topics[0].partitions[0].error_code == 25  # UNKNOWN_MEMBER_ID
         survivor.close()
+
+
+def test_advertised_host_and_auto_created_topics(tmp_path: Path) -> None:
+    served = ProtocolServer.start_in_thread(
+        f"sqlite:///{tmp_path}/broker.db",
+        port=0,
+        advertised_host="localhost",
+        auto_create_topics=True,
+    )
+    try:
+        with RawClient("127.0.0.1", served.port) as client:
+            name = unique("auto")
+            metadata = client.request(
+                3, 12, {"topics": [{"name": name}], "allow_auto_topic_creation": True}
+            )
+            assert [(b.host, b.port) for b in metadata.brokers] == [("localhost", served.port)]
+            assert metadata.topics[0].error_code == 0
+            assert len(metadata.topics[0].partitions) == 1
+            coordinator = client.request(10, 3, {"key": "g", "key_type": 0})
+            assert (coordinator.host, coordinator.port) == ("localhost", served.port)
+            refused = client.request(
+                3, 12, {"topics": [{"name": unique("no")}], "allow_auto_topic_creation": False}
+            )
+            assert refused.topics[0].error_code == UNKNOWN_TOPIC_OR_PARTITION
+    finally:
+        served.stop()
