@@ -260,6 +260,7 @@ class ProtocolServer:
         # responses must leave in request order: each request gets a future, sent in turn
         pending: asyncio.Queue[asyncio.Future[bytes | None]] = asyncio.Queue()
         sender = asyncio.create_task(self._send(writer, pending))
+        in_flight: set[asyncio.Task[bytes]] = set()  # this connection's waiting requests
         try:
             while True:
                 try:
@@ -283,12 +284,14 @@ class ProtocolServer:
                     break
                 future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
                 await pending.put(future)
-                close = await self._request(frame, future, peer)
+                close = await self._request(frame, future, peer, in_flight)
                 if close:
                     break
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass  # the peer went away, or the server is closing
         finally:
+            for waiting in in_flight:  # nobody will read their answers: stop polling
+                waiting.cancel()
             await pending.put(_closed())
             try:
                 await asyncio.wait_for(sender, 5.0)
@@ -310,7 +313,13 @@ class ProtocolServer:
             writer.write(struct.pack(">i", len(payload)) + payload)
             await writer.drain()
 
-    async def _request(self, frame: bytes, future: asyncio.Future[bytes | None], peer: Any) -> bool:
+    async def _request(
+        self,
+        frame: bytes,
+        future: asyncio.Future[bytes | None],
+        peer: Any,
+        in_flight: set[asyncio.Task[bytes]],
+    ) -> bool:
         """Handle one frame; True when the connection must close after the answer."""
         try:
             header, request = parse_request(frame)
@@ -330,6 +339,8 @@ class ProtocolServer:
             task = asyncio.create_task(waits[header.api_key](header, request))
             self._waiting.add(task)
             task.add_done_callback(self._waiting.discard)
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
             task.add_done_callback(functools.partial(_deliver, future))
             return False
         try:
