@@ -27,6 +27,7 @@ import orjson
 from runtime.broker.groups import Groups, _assignment_blob, _blob
 from runtime.errors import (
     GroupError,
+    GroupNotEmptyError,
     IllegalGenerationError,
     InvalidRequestError,
     RebalanceInProgressError,
@@ -475,6 +476,29 @@ class ClassicGroups:
                 raise UnknownMemberIdError(f"member {member_id!r} is not in group {group_id!r}")
             self._remove(group_id, member_id)
         self._prepare(group_id, now)
+
+    # --- administration -----------------------------------------------------------------
+
+    def check_empty(self, group_id: str, now: int) -> None:
+        """GroupNotEmptyError while the group has classic members (after expiring those
+        whose session lapsed)."""
+        self._tables()
+        self._expire(group_id, now)
+        members = [
+            m
+            for (m,) in self.conn.execute(
+                "SELECT member_id FROM classic_members WHERE group_id = ?", (group_id,)
+            )
+        ]
+        if members:
+            raise GroupNotEmptyError(
+                f"cannot delete group {group_id!r}: it has {len(members)} live member(s) "
+                f"({', '.join(sorted(members))}); stop its consumers first"
+            )
+
+    def forget(self, group_id: str) -> None:
+        self._tables()
+        self.conn.execute("DELETE FROM classic_groups WHERE group_id = ?", (group_id,))
 
     # --- description --------------------------------------------------------------------
 

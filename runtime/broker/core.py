@@ -610,8 +610,15 @@ class Broker:
         self._write(run)
 
     def delete_group(self, group_id: str) -> None:
-        """Delete a group and its committed offsets, only while it has no live members."""
-        self._write(lambda now: self.groups.delete(group_id, now))
+        """Delete a group and its committed offsets, only while it has no live members
+        (classic-protocol members included)."""
+
+        def run(now: int) -> None:
+            self.classic.check_empty(group_id, now)
+            self.groups.delete(group_id, now)
+            self.classic.forget(group_id)
+
+        self._write(run)
 
     # --- classic-protocol groups (client-side assignment; runtime.broker.classic) ----------
 

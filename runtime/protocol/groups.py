@@ -275,6 +275,17 @@ class GroupHandlers:
             described.append(entry)
         return {"throttle_time": 0, "groups": described}
 
+    def delete_groups(self, request: Any) -> dict[str, Any]:
+        results = []
+        for group_id in request.groups_names:
+            code = codes.NONE
+            try:
+                self.broker.delete_group(group_id)
+            except StreamsError as exc:
+                code = _code(exc)
+            results.append({"group_id": group_id, "error_code": code})
+        return {"throttle_time": 0, "results": results}
+
     def txn_group(self, request: Any) -> GroupMetadata:
         return GroupMetadata(
             request.group_id,

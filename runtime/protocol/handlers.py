@@ -66,6 +66,7 @@ class Handlers:
             13: lambda h, r: self.groups.leave(r),
             15: lambda h, r: self.groups.describe_groups(r),
             16: lambda h, r: self.groups.list_groups(r),
+            42: lambda h, r: self.groups.delete_groups(r),
             18: self.api_versions,
             19: self.create_topics,
             20: self.delete_topics,

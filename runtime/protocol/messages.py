@@ -55,6 +55,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     26: (0, 3),  # EndTxn
     28: (0, 3),  # TxnOffsetCommit
     32: (1, 4),  # DescribeConfigs
+    42: (0, 2),  # DeleteGroups
     60: (0, 1),  # DescribeCluster
 }
 API_VERSIONS = 18

@@ -59,7 +59,7 @@ SYNC_GROUP = 14
 GROUP_POLL_S = 0.05
 # requests that may change what a waiting Fetch, JoinGroup or SyncGroup looks for: they wake
 # the waiters at once (others, and other processes' writes, are seen by polling)
-WRITES = frozenset({0, 8, 12, 13, 19, 20, 21, 22, 24, 25, 26, 28})
+WRITES = frozenset({0, 8, 12, 13, 19, 20, 21, 22, 24, 25, 26, 28, 42})
 POLL_MIN_S = 0.002
 POLL_MAX_S = 0.02
 MAINTENANCE_INTERVAL_S = 1.0
