@@ -117,8 +117,11 @@ def decompress(codec: int, body: bytes) -> bytes:
         elif codec == SNAPPY:
             out = _snappy(body)
         elif codec == LZ4:
-            out = bytes(cramjam.lz4.decompress(body))
+            out = _lz4(body)
         elif codec == ZSTD:
+            declared = _zstd_content_size(body)
+            if declared is not None and declared > MAX_DECOMPRESSED_BYTES:
+                raise CorruptRecordError(f"a zstd batch declares {declared} bytes: too large")
             out = bytes(cramjam.zstd.decompress(body))
         else:
             raise UnsupportedCompressionError(
@@ -129,6 +132,70 @@ def decompress(codec: int, body: bytes) -> bytes:
     if len(out) > MAX_DECOMPRESSED_BYTES:
         raise CorruptRecordError(f"a batch decompresses to {len(out)} bytes: too large")
     return out
+
+
+LZ4_MAGIC = 0x184D2204
+ZSTD_MAGIC = 0xFD2FB528
+LZ4_BLOCK_SIZES = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}
+
+
+def _lz4(body: bytes) -> bytes:
+    """An LZ4 frame. Independent blocks are inflated one by one, each bounded by the frame's
+    block size, the total by MAX_DECOMPRESSED_BYTES; a frame of linked blocks (or one we do
+    not parse) goes to cramjam whole, after a declared content size is checked."""
+    if len(body) < 7 or struct.unpack_from("<I", body)[0] != LZ4_MAGIC:
+        raise CorruptRecordError("not an LZ4 frame")
+    flags, descriptor = body[4], body[5]
+    pos = 6
+    declared = None
+    if flags & 0x08:
+        (declared,) = struct.unpack_from("<Q", body, pos)
+        pos += 8
+        if declared > MAX_DECOMPRESSED_BYTES:
+            raise CorruptRecordError(f"an lz4 batch declares {declared} bytes: too large")
+    if flags & 0x01:
+        pos += 4  # dictionary id
+    pos += 1  # header checksum
+    block_size = LZ4_BLOCK_SIZES.get((descriptor >> 4) & 0x07)
+    if not flags & 0x20 or block_size is None:  # linked blocks need the whole frame
+        return bytes(cramjam.lz4.decompress(body))
+    out: list[bytes] = []
+    total = 0
+    while True:
+        (size,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        if size == 0:
+            break
+        raw, size = bool(size & 0x80000000), size & 0x7FFFFFFF
+        if pos + size > len(body) or size > block_size:
+            raise CorruptRecordError("an lz4 block runs past its frame")
+        chunk = body[pos : pos + size]
+        if raw:
+            block = chunk
+        else:
+            buffer = bytearray(block_size)
+            written = cramjam.lz4.decompress_block_into(chunk, buffer)
+            block = bytes(memoryview(buffer)[:written])
+        total += len(block)
+        if total > MAX_DECOMPRESSED_BYTES:
+            raise CorruptRecordError("an lz4 batch decompresses past the limit")
+        out.append(block)
+        pos += size + (4 if flags & 0x10 else 0)  # block checksum
+    return b"".join(out)
+
+
+def _zstd_content_size(body: bytes) -> int | None:
+    """The content size a zstd frame header declares, if it does."""
+    if len(body) < 5 or struct.unpack_from("<I", body)[0] != ZSTD_MAGIC:
+        raise CorruptRecordError("not a zstd frame")
+    descriptor = body[4]
+    fcs_flag, single_segment, dict_flag = descriptor >> 6, descriptor & 0x20, descriptor & 0x03
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    width = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if width == 0:
+        return None
+    value = int.from_bytes(body[pos : pos + width], "little")
+    return value + 256 if width == 2 else value
 
 
 def _snappy(body: bytes) -> bytes:

@@ -776,3 +776,46 @@ def test_every_advertised_version_of_the_data_apis_answers_correctly(
                 {"group_id": group, "topics": [{"name": topic, "partition_indexes": [0]}]},
             )
             assert offsets.topics[0].partitions[0].committed_offset == version, fetch_version
+
+
+def compressed_batch(codec: int, value: bytes) -> bytes:
+    """A v2 batch of one record holding `value`, its records compressed with `codec`."""
+    import cramjam
+    from crc32c import crc32c
+
+    plain = encode_batch(0, [None], [value], [int(time.time() * 1000)], None, None)
+    records = plain[61:]
+    if codec == 4:
+        body = bytes(cramjam.zstd.compress(records))
+    else:  # an LZ4 frame of independent 64 KiB blocks, as librdkafka writes them
+        blocks = [
+            bytes(cramjam.lz4.compress_block(records[i : i + 65536], store_size=False))
+            for i in range(0, len(records), 65536)
+        ]
+        body = struct.pack("<IBBB", 0x184D2204, 0x60, 0x40, 0)
+        body += b"".join(struct.pack("<I", len(b)) + b for b in blocks) + b"\x00" * 4
+    tail = bytearray(plain[21:61])
+    struct.pack_into(">h", tail, 0, codec)
+    crc = crc32c(body, crc32c(bytes(tail)))
+    return struct.pack(">qiibI", 0, 49 + len(body), -1, 2, crc) + bytes(tail) + body
+
+
+@pytest.mark.parametrize("codec", [3, 4], ids=["lz4", "zstd"])
+def test_a_decompression_bomb_is_refused(
+    server: ProtocolServer, codec: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.protocol import records
+
+    topic = unique("bomb")
+    create_topic(server.bootstrap, topic)
+    monkeypatch.setattr(records, "MAX_DECOMPRESSED_BYTES", 1 << 20)
+    with RawClient("127.0.0.1", server.port) as client:
+        small = client.request(
+            0, 9, produce_request(topic, 0, compressed_batch(codec, b"a" * 1000))
+        )
+        assert small.responses[0].partition_responses[0].error_code == 0
+        bomb = compressed_batch(codec, b"\x00" * (2 << 20))
+        assert len(bomb) < 64 << 10
+        answer = client.request(0, 9, produce_request(topic, 0, bomb))
+        assert answer.responses[0].partition_responses[0].error_code == CORRUPT_MESSAGE
+    assert len(consume(server.bootstrap, topic, 1)) == 1
