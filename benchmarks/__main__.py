@@ -13,6 +13,7 @@ BENCHMARKS = {
     "scaling": "benchmarks.scaling",
     "windows": "benchmarks.windows",
     "brokerfile": "benchmarks.brokerfile",
+    "floor": "benchmarks.floor",
 }
 
 
