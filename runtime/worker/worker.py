@@ -341,6 +341,10 @@ class Worker:
                 return 0
             self.events_processed += processed
             self._since_commit += processed
+        # Every record fetched is processed now (a set-aside cut moved its partition's
+        # position back to the record after the cut): these offsets are what commits.
+        consumer = self.consumer
+        self.cycle.track({tp: consumer.position(tp) for tp in consumer.assignment()})
         now = time.monotonic()
         if self._idle_closing and any(t.idle_due(now) for t in self._idle_closing):
             await self.cycle.begin()  # idle partitions close their windows
@@ -597,7 +601,7 @@ class Worker:
             if tp not in assignment:
                 del self._set_aside[tp]
                 continue
-            position = self.consumer.position(tp)
+            position = self.cycle.processed.get(tp, 0)  # committed: processed, after a commit
             offsets = self._set_aside[tp]
             for offset in [o for o in offsets if o < position]:
                 del offsets[offset]
@@ -624,6 +628,7 @@ class Worker:
         # Runs inside getmany, between batches: commit what was processed, then let go.
         if self.started:
             await self.commit()
+        self.cycle.forget(tps)
         remaining = {tp.partition for tp in self.consumer.assignment() - tps}
         for partition in self._owned - remaining:
             for table in self.tables.values():
@@ -637,6 +642,7 @@ class Worker:
         # events: commit them now, so that no transaction stays open (and may time out)
         # during the restore. Then bookkeeping only: the loop restores the tables before
         # any event of the new partitions is processed.
+        self.cycle.start(tps)  # their starting offsets: nothing of them is processed yet
         if self.started:
             await self.commit()
         self._to_restore |= {tp.partition for tp in tps} - self._owned
