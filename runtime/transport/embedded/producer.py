@@ -101,34 +101,30 @@ class EmbeddedProducer(Producer):
             raise InvalidTxnStateError("call begin_transaction() before producing")
         if timestamp is None:
             timestamp = time.time_ns() // 1_000_000
+        # The hot path (a worker's outputs, changelog, repartitioned events): a record with
+        # a key or a partition, no headers and no callback, for a topic with a batch open.
         batches = self._by_topic.get(topic)
-        if (
-            batches is not None
-            and key is not None
-            and partition is None
-            and headers is None
-            and on_delivery is None
-        ):
-            # The hot path (a worker's outputs, changelog, repartitioned events).
-            count, placed = self._placements[topic]
-            where = placed.get(key)
-            if where is None:
-                where = self._place_key(topic, key)
-            batch = batches[where]
-            if batch is None or batch.headers is not None:
-                self._place(count, topic, where, key, value, None, timestamp, None)
-            else:
-                batch.keys.append(key)
-                batch.values.append(value)
-                batch.timestamps.append(timestamp)
+        where = None
+        if batches is not None and headers is None and on_delivery is None:
+            if partition is not None:
+                where = partition if partition < len(batches) else None
+            elif key is not None:
+                where = self._placements[topic][1].get(key)
+                if where is None:
+                    where = self._place_key(topic, key)
+        batch = None if where is None or batches is None else batches[where]
+        if batch is not None and batch.headers is None:
+            batch.keys.append(key)
+            batch.values.append(value)
+            batch.timestamps.append(timestamp)
         else:
-            known = self._partition_counts.get(topic)
-            if known is None:
+            count = self._partition_counts.get(topic)
+            if count is None:
                 self._unplaced.append(
                     (topic, partition, key, value, headers, timestamp, on_delivery)
                 )
             else:
-                self._place(known, topic, partition, key, value, headers, timestamp, on_delivery)
+                self._place(count, topic, partition, key, value, headers, timestamp, on_delivery)
         self._buffered += 1
         if self._buffered >= self.batch_size:
             self._flush_soon(0)
