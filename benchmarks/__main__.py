@@ -14,6 +14,7 @@ BENCHMARKS = {
     "windows": "benchmarks.windows",
     "brokerfile": "benchmarks.brokerfile",
     "protocol": "benchmarks.protocol",
+    "floor": "benchmarks.floor",
 }
 
 

@@ -1,8 +1,13 @@
 """Broker throughput through the async transport, on a file database in WAL mode.
 
     python -m benchmarks broker [--records 500000] [--batch 1000] [--value-bytes 100]
+    python -m benchmarks broker --vs-floor      # and the floor, 3 interleaved runs, ratios
+    python -m benchmarks broker --instructions  # instruction counts under callgrind (A/B)
 
-Prints one JSON line per figure. Targets (issue 2, 2 cores): batched produce >= 250,000
+Prints one JSON line per figure. With --vs-floor each figure is the median of `--runs`
+interleaved runs, printed with its ratio to the floor measured in the same process
+(`benchmarks/floor.py`: produce and transactional produce against (a), fetch against (b)).
+Targets (issue 2, 2 cores): batched produce >= 250,000
 records/s; read_committed fetch >= 800,000 records/s; transactional produce (1,000 records per
 transaction) >= 150,000 records/s.
 """
@@ -14,7 +19,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from statistics import median
 
+from benchmarks import floor, instructions
 from runtime.transport import READ_COMMITTED, connect
 from runtime.types import TopicPartition
 
@@ -44,7 +52,40 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--synchronous", default="normal", choices=["normal", "full"])
+    parser.add_argument("--vs-floor", action="store_true", help="ratios to the floor")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind"
+    )
     args = parser.parse_args(argv)
+    if args.instructions:
+        instructions.report("broker", argv, 20_000 if args.records == 500_000 else args.records)
+        return
+    if not args.vs_floor:
+        await run(args, emit)
+        return
+    samples: dict[str, list[float]] = {}
+    floors: dict[str, list[float]] = {}
+
+    def collect(figure: str, records: int, seconds: float, **extra: object) -> None:
+        samples.setdefault(figure, []).append(records / seconds)
+
+    for _ in range(args.runs):
+        for name, rate in floor.measure_broker_floor(
+            args.records, args.batch, args.value_bytes
+        ).items():
+            floors.setdefault(name, []).append(rate)
+        await run(args, collect)
+    matching = {"produce": "append", "transactional_produce": "append"}
+    for figure, rates in samples.items():
+        name = matching.get(figure, "read")
+        print(
+            floor.ratio_line("broker", figure, median(rates), name, median(floors[name])),
+            flush=True,
+        )
+
+
+async def run(args: argparse.Namespace, emit: Callable[..., None]) -> None:
     value = os.urandom(args.value_bytes // 2).hex().encode()[: args.value_bytes]
     with tempfile.TemporaryDirectory() as directory:
         url = f"sqlite:///{directory}/bench.db?synchronous={args.synchronous}"

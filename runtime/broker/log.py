@@ -14,6 +14,7 @@ import re
 import sqlite3
 import struct
 from collections.abc import Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 from runtime.broker.codec import DecodedBatch, decode_batch, encode_batch
@@ -308,23 +309,30 @@ class Log:
                 range(base, base + len(values)) if deltas is None else [base + d for d in deltas]
             )
             start = 0 if position <= base else _first_at_or_after(offsets, position)
-            stop = min(len(values), start + max_records - len(records))
-            for i in range(start, stop):
-                records.append(
-                    _new_record(
-                        Record,
-                        (
-                            topic,
-                            partition,
-                            offsets[i],
-                            keys[i],
-                            values[i],
-                            timestamps[i],
-                            None if headers is None else headers[i],
-                        ),
-                    )
+            count = len(values)
+            stop = min(count, start + max_records - len(records))
+            chosen = offsets
+            if start or stop < count:
+                chosen, keys, values = offsets[start:stop], keys[start:stop], values[start:stop]
+                timestamps = timestamps[start:stop]
+                headers = None if headers is None else headers[start:stop]
+            # one Record per record, built at C level (no Python frame per record)
+            records.extend(
+                map(
+                    _new_record,
+                    repeat(Record),
+                    zip(
+                        repeat(topic),
+                        repeat(partition),
+                        chosen,
+                        keys,
+                        values,
+                        timestamps,
+                        repeat(None) if headers is None else headers,
+                    ),
                 )
-            if stop < len(values):
+            )
+            if stop < count:
                 position = offsets[stop]
                 break
             position = last + 1

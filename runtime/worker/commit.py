@@ -5,7 +5,7 @@ Under exactly-once, every cycle is one broker transaction:
     0. begin        the transaction is opened before the first event of the cycle
     1. outputs      the agents' outputs are already in the producer (agents are idle)
     2. changelog    the latest value of every table key changed this cycle
-    3. offsets      the positions of every owned partition, with the group metadata
+    3. offsets      the processed offsets of every owned partition, with the group metadata
     4. commit       outputs, changelog and offsets become visible atomically, or not at all
     5. checkpoint   the local store takes the changes and the changelog offsets they reach
 
@@ -13,24 +13,32 @@ Under at-least-once the same steps run without a transaction: step 3 writes the 
 the changelog (flush), step 4 commits the offsets; a crash between the two repeats the cycle's
 events, so their outputs and table updates are applied twice (the documented difference).
 
+The offsets committed are the ones the worker tracked as processed (`track()`, after the agents
+processed a batch), never read from the consumer at commit time: the consumer's position is
+where its next fetch starts, and no call site of `commit()` (a rebalance callback inside a
+fetch, a stop, a take() flush) can then commit a fetched batch that was not processed.
+
 Any failure before step 4 completes: `abort()` aborts the transaction, undoes the tables'
-changes and rewinds the consumer to the committed offsets. A failure in step 5 loses nothing:
-the changelog is the truth and the store catches up from it at the next restore.
+changes and rewinds the consumer and the processed offsets to the committed offsets. A failure
+in step 5 loses nothing: the changelog is the truth and the store catches up from it at the
+next restore.
 
     cycle = CommitCycle(producer, consumer, tables, store, exactly_once=True)
+    cycle.start(assigned)        # new partitions: nothing processed past their start
     await cycle.begin()
-    ...                          # agents process events
+    ...                          # agents process a batch
+    cycle.track(positions)       # ... and only then is it processed
     await cycle.commit()
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from runtime.errors import ProducerFencedError
+from runtime.errors import AppError, ProducerFencedError
 from runtime.transport import Consumer, Producer
-from runtime.types import RecordMetadata
+from runtime.types import RecordMetadata, TopicPartition
 from runtime.worker.store import Change, StateStore
 from runtime.worker.tables import TableState
 
@@ -57,6 +65,24 @@ class CommitCycle:
         self.exactly_once = exactly_once
         self.fault = fault or (lambda step: None)
         self.open = False
+        # per owned partition, the offset after the last record processed (what commits)
+        self.processed: dict[TopicPartition, int] = {}
+
+    # --- processed offsets --------------------------------------------------------------
+
+    def start(self, tps: Iterable[TopicPartition]) -> None:
+        """Partitions just assigned: processed up to where their consumption starts."""
+        for tp in tps:
+            self.processed[tp] = self.consumer.position(tp)
+
+    def track(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Every record before these offsets has been processed (by every agent)."""
+        self.processed.update(offsets)
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        """Partitions revoked (after their last commit)."""
+        for tp in tps:
+            self.processed.pop(tp, None)
 
     async def begin(self) -> None:
         """0. Open the cycle's transaction (a no-op under at-least-once)."""
@@ -76,9 +102,10 @@ class CommitCycle:
         changes, changelog_ends = self._produce_changelog()
         self.fault("after_changelog")
 
-        # 3. offsets: every owned partition, so a member that lost one cannot commit.
-        #    (at-least-once: write the outputs and the changelog now, the offsets in step 4)
-        offsets = {tp: self.consumer.position(tp) for tp in self.consumer.assignment()}
+        # 3. offsets: what was processed, for every owned partition (so a member that lost one
+        #    cannot commit). (at-least-once: the outputs and the changelog are written now,
+        #    the offsets in step 4)
+        offsets = {tp: self._processed(tp) for tp in self.consumer.assignment()}
         if self.exactly_once:
             await self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
         else:
@@ -99,6 +126,12 @@ class CommitCycle:
         checkpoints = {key: end for key, end in changelog_ends.items() if end is not None}
         await self.store.save(changes, checkpoints)
         self.fault("after_checkpoint")
+
+    def _processed(self, tp: TopicPartition) -> int:
+        offset = self.processed.get(tp)
+        if offset is None:  # a partition assigned without start(): a bug, never guess
+            raise AppError(f"no processed offset tracked for {tp}; nothing commits")
+        return offset
 
     def _produce_changelog(self) -> tuple[list[Change], dict[tuple[str, int], int | None]]:
         """Produce the cycle's changelog records; returns the store changes and, per table
@@ -146,3 +179,4 @@ class CommitCycle:
         for table in self.tables.values():
             table.rollback()
         await self.consumer.seek_to_committed()
+        self.start(self.consumer.assignment())  # processed: the committed offsets again

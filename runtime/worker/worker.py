@@ -58,6 +58,10 @@ from runtime.worker.windows import WindowedState
 log = logging.getLogger(__name__)
 STANDBY_INTERVAL_S = 0.5  # how often standby partitions are tailed
 STANDBY_BATCH = 20_000  # changelog records copied per standby partition per round
+KEY_CACHE_SIZE = 100_000  # decoded input keys remembered per topic
+_IMMUTABLE_KEYS = frozenset((str, int, float, bool, bytes))
+_new_event = tuple.__new__
+MISSING: Any = object()
 
 
 class WorkerSettings(PolicySettings, Protocol):
@@ -132,6 +136,8 @@ class Worker:
         self._sink_keys: dict[
             str, dict[tuple[type, Any], bytes]
         ] = {}  # encoded output keys, per sink
+        self._sinks: dict[str, list[tuple[str, TopicSpec]]] = {}  # per agent
+        self._decoded_keys: dict[str, dict[bytes, Any]] = {}  # decoded input keys, per topic
         self.events_processed = 0
         # committed records that could not be processed (an aborted cycle's do not count):
         self.decode_errors = 0  # undecodable records skipped or dead-lettered
@@ -341,6 +347,10 @@ class Worker:
                 return 0
             self.events_processed += processed
             self._since_commit += processed
+        # Every record fetched is processed now (a set-aside cut moved its partition's
+        # position back to the record after the cut): these offsets are what commits.
+        consumer = self.consumer
+        self.cycle.track({tp: consumer.position(tp) for tp in consumer.assignment()})
         now = time.monotonic()
         if self._idle_closing and any(t.idle_due(now) for t in self._idle_closing):
             await self.cycle.begin()  # idle partitions close their windows
@@ -394,20 +404,32 @@ class Worker:
     ) -> tuple[list[Event], list[tuple[Record, Exception]]]:
         """The records as events, and those that could not be decoded (with why)."""
         decode_key, decode_value = topic.key.decode, topic.value.decode
-        events = []
+        keys = self._decoded_keys.setdefault(topic.name, {})
+        events: list[Event] = []
+        append = events.append
         bad: list[tuple[Record, Exception]] = []
         for r in records:
+            name, partition, offset, raw_key, raw_value, timestamp, headers = r
+            if raw_key is None:
+                key = None
+            else:
+                key = keys.get(raw_key, MISSING)
+                if key is MISSING:
+                    try:
+                        key = decode_key(raw_key)
+                    except (ValueError, TypeError) as exc:
+                        bad.append((r, _DecodeFailure("key", topic.key.name, exc)))
+                        continue
+                    if type(key) in _IMMUTABLE_KEYS:  # the same object each time is safe
+                        if len(keys) >= KEY_CACHE_SIZE:
+                            keys.clear()
+                        keys[raw_key] = key
             try:
-                key = None if r.key is None else decode_key(r.key)
-            except (ValueError, TypeError) as exc:
-                bad.append((r, _DecodeFailure("key", topic.key.name, exc)))
-                continue
-            try:
-                value = None if r.value is None else decode_value(r.value)
+                value = None if raw_value is None else decode_value(raw_value)
             except (ValueError, TypeError) as exc:
                 bad.append((r, _DecodeFailure("value", topic.value.name, exc)))
                 continue
-            events.append(Event(key, value, r.headers, r.timestamp, r.topic, r.partition, r.offset))
+            append(_new_event(Event, (key, value, headers, timestamp, name, partition, offset)))
         return events, bad
 
     async def _process(self, tp: TopicPartition, records: list[Record]) -> int:
@@ -473,13 +495,20 @@ class Worker:
         event = runner.inbox.current
         key = None if event is None else event.key
         produce = self.producer.produce
-        for name in runner.spec.sinks:
-            sink = self.spec.topics[name]
-            produce(
-                name,
-                None if output is None else sink.value.encode(output),
-                None if key is None else self._sink_key(name, sink, key),
-            )
+        sinks = self._sinks.get(runner.spec.name)
+        if sinks is None:
+            sinks = self._sinks[runner.spec.name] = [
+                (name, self.spec.topics[name]) for name in runner.spec.sinks
+            ]
+        for name, sink in sinks:
+            if key is None:
+                key_bytes = None
+            else:
+                cache = self._sink_keys.get(name)
+                key_bytes = None if cache is None else cache.get((type(key), key))
+                if key_bytes is None:
+                    key_bytes = self._sink_key(name, sink, key)
+            produce(name, None if output is None else sink.value.encode(output), key_bytes)
 
     # --- records that cannot be processed (runtime/worker/failures.py) -------------------
 
@@ -597,7 +626,7 @@ class Worker:
             if tp not in assignment:
                 del self._set_aside[tp]
                 continue
-            position = self.consumer.position(tp)
+            position = self.cycle.processed.get(tp, 0)  # committed: processed, after a commit
             offsets = self._set_aside[tp]
             for offset in [o for o in offsets if o < position]:
                 del offsets[offset]
@@ -624,6 +653,7 @@ class Worker:
         # Runs inside getmany, between batches: commit what was processed, then let go.
         if self.started:
             await self.commit()
+        self.cycle.forget(tps)
         remaining = {tp.partition for tp in self.consumer.assignment() - tps}
         for partition in self._owned - remaining:
             for table in self.tables.values():
@@ -637,6 +667,7 @@ class Worker:
         # events: commit them now, so that no transaction stays open (and may time out)
         # during the restore. Then bookkeeping only: the loop restores the tables before
         # any event of the new partitions is processed.
+        self.cycle.start(tps)  # their starting offsets: nothing of them is processed yet
         if self.started:
             await self.commit()
         self._to_restore |= {tp.partition for tp in tps} - self._owned

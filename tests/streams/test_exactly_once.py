@@ -214,3 +214,34 @@ async def test_restore_waits_for_a_dead_owners_open_transaction(tmp_path: Path) 
         assert second.table("counts") == {"apple": 3, "zzz": 99}
     await restart
     raw.close()
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+async def test_a_commit_between_fetch_and_processing_commits_only_what_was_processed(
+    tmp_path: Path, guarantee: str
+) -> None:
+    """The offsets committed are those the worker tracked as processed, not the consumer's
+    fetch positions: a commit made after a fetch whose records no agent has seen (as a new
+    call site could) leaves them uncommitted, and a restarted worker processes them once."""
+    inputs = words(100, seed=3)
+    async with run(tmp_path, guarantee) as first:
+        await first.send_many("words", inputs[:60])
+        await first.drain()
+        await first.send_many("words", inputs[60:])
+        worker = first.worker
+        assert worker is not None
+        fetched: dict[Any, Any] = {}
+        while sum(len(r) for r in fetched.values()) < 40:  # fetched, never processed
+            for tp, records in (await worker.consumer.getmany(timeout=1.0)).items():
+                fetched.setdefault(tp, []).extend(records)
+        await worker.cycle.begin()
+        await worker.commit()
+        committed = await worker.consumer.committed(worker.consumer.assignment())
+        for tp, records in fetched.items():
+            assert committed[tp] <= records[0].offset, (tp, committed[tp], records[0].offset)
+        await first.stop(clean=False)
+    async with run(tmp_path, guarantee) as second:
+        await second.drain()
+        outputs = await second.read("word-counts")
+        table = second.table("counts")
+    assert_exactly_once(inputs, outputs, table)

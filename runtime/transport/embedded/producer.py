@@ -25,7 +25,7 @@ from runtime.errors import (
     StreamsError,
     TransactionAbortedError,
 )
-from runtime.partitioner import Partitioner
+from runtime.partitioner import Partitioner, partition_for_key
 from runtime.transport.base import DeliveryCallback, Producer
 from runtime.transport.validation import check_record
 from runtime.types import GroupMetadata, Headers, RecordMetadata, TopicPartition
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 _Pending = tuple[
     str, int | None, bytes | None, bytes | None, Headers | None, int, DeliveryCallback | None
 ]
+KEY_CACHE_SIZE = 100_000  # keys whose partition a producer remembers, per topic
 
 
 class EmbeddedProducer(Producer):
@@ -53,6 +54,10 @@ class EmbeddedProducer(Producer):
         self.linger_s = linger_ms / 1000
         self.batch_size = batch_size
         self._batches: dict[TopicPartition, _Batch] = {}  # records placed on a partition
+        # the same batches by topic and partition number, and each topic's key placements
+        # (the hot path: a keyed record is two dict lookups, a list index and three appends)
+        self._by_topic: dict[str, list[_Batch | None]] = {}
+        self._placements: dict[str, tuple[int, dict[bytes, int]]] = {}
         self._unplaced: list[_Pending] = []  # records of topics whose metadata is not cached
         self._buffered = 0
         self._partition_counts = transport._partitions
@@ -96,23 +101,30 @@ class EmbeddedProducer(Producer):
             raise InvalidTxnStateError("call begin_transaction() before producing")
         if timestamp is None:
             timestamp = time.time_ns() // 1_000_000
-        count = self._partition_counts.get(topic)
-        if count is None:
-            self._unplaced.append((topic, partition, key, value, headers, timestamp, on_delivery))
-        elif headers is None and on_delivery is None and (partition is None or partition < count):
-            # The hot path (a worker's outputs, changelog, repartitioned events): three appends.
-            if partition is None:
-                partition = self._partitioner.partition(topic, key, count)
-            tp = TopicPartition(topic, partition)
-            batch = self._batches.get(tp)
-            if batch is None or batch.headers is not None:
-                self._place(count, tp.topic, tp.partition, key, value, None, timestamp, None)
-            else:
-                batch.keys.append(key)
-                batch.values.append(value)
-                batch.timestamps.append(timestamp)
+        # The hot path (a worker's outputs, changelog, repartitioned events): a record with
+        # a key or a partition, no headers and no callback, for a topic with a batch open.
+        batches = self._by_topic.get(topic)
+        where = None
+        if batches is not None and headers is None and on_delivery is None:
+            if partition is not None:
+                where = partition if partition < len(batches) else None
+            elif key is not None:
+                where = self._placements[topic][1].get(key)
+                if where is None:
+                    where = self._place_key(topic, key)
+        batch = None if where is None or batches is None else batches[where]
+        if batch is not None and batch.headers is None:
+            batch.keys.append(key)
+            batch.values.append(value)
+            batch.timestamps.append(timestamp)
         else:
-            self._place(count, topic, partition, key, value, headers, timestamp, on_delivery)
+            count = self._partition_counts.get(topic)
+            if count is None:
+                self._unplaced.append(
+                    (topic, partition, key, value, headers, timestamp, on_delivery)
+                )
+            else:
+                self._place(count, topic, partition, key, value, headers, timestamp, on_delivery)
         self._buffered += 1
         if self._buffered >= self.batch_size:
             self._flush_soon(0)
@@ -150,7 +162,7 @@ class EmbeddedProducer(Producer):
             self._linger.cancel()
             self._linger = None
         failed = await self._place_unplaced()
-        batches, self._batches = self._batches, {}
+        batches, self._batches, self._by_topic = self._batches, {}, {}
         self._buffered = 0
         for topic in {tp.topic for tp in batches}:
             self._partitioner.next_batch(topic)
@@ -195,7 +207,22 @@ class EmbeddedProducer(Producer):
         batch = self._batches.get(tp)
         if batch is None:
             batch = self._batches[tp] = _Batch()
+            batches = self._by_topic.get(topic)
+            if batches is None or len(batches) != count:
+                batches = self._by_topic[topic] = [None] * count
+                if self._placements.get(topic, (count,))[0] != count:
+                    self._placements[topic] = (count, {})
+                self._placements.setdefault(topic, (count, {}))
+            batches[partition] = batch
         batch.add(key, value, timestamp, headers, callback)
+
+    def _place_key(self, topic: str, key: bytes) -> int:
+        """The partition of `key` in `topic` (murmur2, as Kafka's), remembered."""
+        count, placed = self._placements[topic]
+        if len(placed) >= KEY_CACHE_SIZE:
+            placed.clear()
+        where = placed[key] = partition_for_key(key, count)
+        return where
 
     async def _write(self, batches: dict[TopicPartition, _Batch]) -> None:
         """Write `batches` in one broker call. Whatever fails (the producer id, the write),
@@ -250,6 +277,7 @@ class EmbeddedProducer(Producer):
             if record[6] is not None:
                 record[6](None, error)
         self._batches, self._unplaced, self._buffered = {}, [], 0
+        self._by_topic = {}
 
     # --- transactions -------------------------------------------------------------------
 
