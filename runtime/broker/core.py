@@ -292,6 +292,7 @@ class Broker:
 
         def run(now: int) -> list[int]:
             offsets = []
+            producer = self.txns.producer_state(pid, epoch)
             for batch in batches:
                 count = self._validate(batch)
                 if pid != NO_PRODUCER and batch.base_seq < 0:
@@ -301,8 +302,8 @@ class Broker:
                     raise InvalidRequestError(
                         f"topic {batch.topic!r} is compacted: every record needs a key"
                     )
-                duplicate = self.txns.check_append(
-                    pid, epoch, tp_id, batch.base_seq, count, transactional
+                duplicate, recent = self.txns.check_append(
+                    pid, epoch, tp_id, batch.base_seq, count, transactional, producer
                 )
                 if duplicate is not None:
                     offsets.append(duplicate)
@@ -320,7 +321,7 @@ class Broker:
                     now,
                 )
                 self.txns.record_append(
-                    pid, epoch, tp_id, batch.base_seq, count, base, transactional, now
+                    pid, epoch, tp_id, batch.base_seq, count, base, transactional, now, recent
                 )
                 offsets.append(base)
             return offsets

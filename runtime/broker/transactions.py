@@ -102,26 +102,45 @@ class Transactions:
 
     # --- appends ------------------------------------------------------------------------
 
+    def producer_state(self, pid: int, epoch: int) -> tuple[str | None, int]:
+        """(transactional id, txn state) of a producer whose epoch is current, read once per
+        produce call and passed to `check_append` for each of its batches (nothing in the call
+        changes either before its batches are checked: `record_append` only moves an empty
+        transaction to ongoing, which no batch of a transactional call is checked against)."""
+        if pid == NO_PRODUCER:
+            return None, TXN_EMPTY
+        txn_id, state, _ = self._producer(pid, epoch)
+        return txn_id, state
+
     def check_append(
-        self, pid: int, epoch: int, tp_id: int, base_seq: int, count: int, transactional: bool
-    ) -> int | None:
+        self,
+        pid: int,
+        epoch: int,
+        tp_id: int,
+        base_seq: int,
+        count: int,
+        transactional: bool,
+        producer: tuple[str | None, int],
+    ) -> tuple[int | None, list[list[int]]]:
         """Validate a batch before it is written. Returns the original base offset when the
-        batch is a resend of one already written, else None."""
+        batch is a resend of one already written, else None; and the partition's recent
+        sequences of this epoch, for `record_append` (one read of the row per batch)."""
         if pid == NO_PRODUCER:
             if transactional:
                 raise InvalidTxnStateError("a transactional batch needs a producer id")
-            return None
-        txn_id, state, _ = self._producer(pid, epoch)
+            return None, []
+        txn_id, state = producer
         row = self.conn.execute(
             "SELECT epoch, recent FROM sequences WHERE pid = ? AND tp = ?", (pid, tp_id)
         ).fetchone()
         last_seq = base_seq + count - 1
         expected: int | None = None  # no state for this producer here: any sequence (Kafka)
+        recent: list[list[int]] = []
         if row is not None and row[0] == epoch:
             recent = orjson.loads(row[1])
             for first, last, offset in recent:
                 if first == base_seq and last == last_seq:
-                    return int(offset)
+                    return int(offset), recent
             expected = recent[-1][1] + 1
         elif row is not None:
             expected = 0  # a new epoch restarts the sequences at 0
@@ -138,7 +157,7 @@ class Transactions:
             raise InvalidTxnStateError(
                 f"producer {pid} has an open transaction: its writes must be transactional"
             )
-        return None
+        return None, recent
 
     def record_append(
         self,
@@ -150,14 +169,12 @@ class Transactions:
         base_offset: int,
         transactional: bool,
         now: int,
+        recent: list[list[int]],
     ) -> None:
-        """Remember a written batch's sequences; start the transaction on its first write."""
+        """Remember a written batch's sequences (`recent`: what `check_append` read for this
+        batch, in the same write transaction); start the transaction on its first write."""
         if pid == NO_PRODUCER:
             return
-        row = self.conn.execute(
-            "SELECT epoch, recent FROM sequences WHERE pid = ? AND tp = ?", (pid, tp_id)
-        ).fetchone()
-        recent = orjson.loads(row[1]) if row is not None and row[0] == epoch else []
         recent = [*recent[-(RECENT_BATCHES - 1) :], [base_seq, base_seq + count - 1, base_offset]]
         self.conn.execute(
             "INSERT OR REPLACE INTO sequences VALUES (?, ?, ?, ?)",
