@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from runtime.errors import InvalidRequestError
 from runtime.types import (
     GroupMetadata,
     Headers,
@@ -61,6 +62,32 @@ class Producer(abc.ABC):
         """Buffer one record (no await). It is written by the next flush: when `linger_ms`
         passes, when a batch fills, at `flush()` or at `commit_transaction()`. Errors reach
         `on_delivery` and the next `flush()`."""
+
+    def produce_many(
+        self,
+        topic: str,
+        values: Sequence[bytes | None],
+        keys: Sequence[bytes | None] | None = None,
+        *,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        """Buffer records given as columns (no await): the same as calling `produce(topic,
+        values[i], keys[i], partition=partition, timestamp=timestamp)` for each i in order
+        (same checks, same placement, same order within a partition), without a call per
+        record where the back end can avoid it. `keys`, when given, is as long as `values`.
+        On a bad record the records before it are buffered, as with a loop of `produce`."""
+        if keys is not None and len(keys) != len(values):
+            raise InvalidRequestError(
+                f"keys and values differ in length ({len(keys)} and {len(values)})"
+            )
+        produce = self.produce
+        if keys is None:
+            for value in values:
+                produce(topic, value, None, partition=partition, timestamp=timestamp)
+        else:
+            for value, key in zip(values, keys, strict=True):
+                produce(topic, value, key, partition=partition, timestamp=timestamp)
 
     async def send(
         self,

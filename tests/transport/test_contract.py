@@ -52,6 +52,42 @@ async def test_buffered_records_are_written_by_flush_in_order(backend: Backend) 
     await producer.close()
 
 
+async def test_produce_many_is_produce_per_record(backend: Backend) -> None:
+    """Columns land where, and in the order, a loop of produce() would put them: keyed
+    records by murmur2 in order per partition (the same keys before and after their
+    placement is cached), an explicit partition, null keys and values; bad records rejected
+    with the records before them kept."""
+    producer = backend.transport.producer(linger_ms=10_000)
+    keys = [b"key-%d" % (i % 7) for i in range(300)]
+    values = [b"%d" % i for i in range(300)]
+    values[5] = None
+    producer.produce_many(backend.topic, values[:100], keys[:100])
+    await producer.flush()
+    producer.produce_many(backend.topic, values[100:], keys[100:])
+    producer.produce_many(backend.topic, [b"p2-a", b"p2-b"], partition=2)
+    producer.produce_many(backend.topic, [b"p1"], [None], partition=1)
+    with pytest.raises(errors.InvalidRequestError, match="bytes"):
+        producer.produce_many(backend.topic, [b"kept", "a str"], [b"key-0", b"key-0"])  # type: ignore[list-item]
+    with pytest.raises(errors.InvalidRequestError, match="length"):
+        producer.produce_many(backend.topic, [b"v"], [b"a", b"b"])
+    await producer.flush()
+    consumer = backend.consumer()
+    await consumer.assign([TopicPartition(backend.topic, p) for p in range(PARTITIONS)])
+    records = await read(consumer, 300 + 2 + 1 + 1)
+    by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for r in records:
+        by_partition.setdefault(r.partition, []).append((r.key, r.value))
+    expected: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for key, value in zip(keys, values, strict=True):
+        expected.setdefault(partition_for_key(key, PARTITIONS), []).append((key, value))
+    expected.setdefault(2, []).extend([(None, b"p2-a"), (None, b"p2-b")])
+    expected.setdefault(1, []).append((None, b"p1"))
+    expected.setdefault(partition_for_key(b"key-0", PARTITIONS), []).append((b"key-0", b"kept"))
+    assert by_partition == expected
+    await consumer.close()
+    await producer.close()
+
+
 async def test_linger_flushes_without_an_explicit_flush(backend: Backend) -> None:
     producer = backend.transport.producer(linger_ms=5)
     producer.produce(backend.topic, b"lingered", partition=2)
