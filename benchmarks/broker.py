@@ -27,6 +27,7 @@ from runtime.transport import READ_COMMITTED, connect
 from runtime.types import TopicPartition
 
 TOPIC = "bench"
+COLUMNS_TOPIC = "bench-columns"
 PARTITIONS = 4
 
 
@@ -76,7 +77,7 @@ async def main(argv: list[str]) -> None:
         ).items():
             floors.setdefault(name, []).append(rate)
         await run(args, collect)
-    matching = {"produce": "append", "transactional_produce": "append"}
+    matching = {"produce": "append", "produce_many": "append", "transactional_produce": "append"}
     for figure, rates in samples.items():
         name = matching.get(figure, "read")
         print(
@@ -106,6 +107,20 @@ async def run(args: argparse.Namespace, emit: Callable[..., None]) -> None:
                     await producer.flush()
             await producer.flush()
             emit("produce", args.records, time.perf_counter() - started, **settings)
+
+            # 1b. The same records as columns: produce_many() of `batch` records, then a flush
+            # (another topic, so the fetch below reads what it always read).
+            await broker.create_topic(COLUMNS_TOPIC, PARTITIONS)
+            columns = broker.producer(batch_size=args.batch)
+            values = [value] * args.batch
+            started = time.perf_counter()
+            for start in range(0, args.records, args.batch):
+                count = min(args.batch, args.records - start)
+                keys = [b"key-%d" % (i % 10_000) for i in range(start, start + count)]
+                columns.produce_many(COLUMNS_TOPIC, values[:count], keys)
+                await columns.flush()
+            emit("produce_many", args.records, time.perf_counter() - started, **settings)
+            await columns.close()
 
             # 2. Transactional produce: one transaction per `batch` records.
             txn = broker.producer(transactional_id="bench-txn", batch_size=args.batch)
