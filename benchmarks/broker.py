@@ -4,7 +4,10 @@
     python -m benchmarks broker --vs-floor      # and the floor, 3 interleaved runs, ratios
     python -m benchmarks broker --instructions  # instruction counts under callgrind (A/B)
 
-Prints one JSON line per figure. With --vs-floor each figure is the median of `--runs`
+Prints one JSON line per figure. `produce_many` and `transactional_produce_many` write the
+same records as `produce` and `transactional_produce`, given as columns (one
+`Producer.produce_many` call of `--batch` records) to a topic of their own, so the fetch reads
+what it always read. With --vs-floor each figure is the median of `--runs`
 interleaved runs, printed with its ratio to the floor measured in the same process
 (`benchmarks/floor.py`: produce and transactional produce against (a), fetch against (b)).
 Targets (issue 2, 2 cores): batched produce >= 250,000
@@ -77,7 +80,12 @@ async def main(argv: list[str]) -> None:
         ).items():
             floors.setdefault(name, []).append(rate)
         await run(args, collect)
-    matching = {"produce": "append", "produce_many": "append", "transactional_produce": "append"}
+    matching = {
+        "produce": "append",
+        "produce_many": "append",
+        "transactional_produce_many": "append",
+        "transactional_produce": "append",
+    }
     for figure, rates in samples.items():
         name = matching.get(figure, "read")
         print(
@@ -138,6 +146,27 @@ async def run(args: argparse.Namespace, emit: Callable[..., None]) -> None:
                 records_per_transaction=args.batch,
                 **settings,
             )
+
+            # 2b. The same as columns: one produce_many() a transaction (to the columns' topic).
+            txn_columns = broker.producer(
+                transactional_id="bench-txn-columns", batch_size=args.batch
+            )
+            await txn_columns.init_transactions()
+            started = time.perf_counter()
+            for start in range(0, args.records, args.batch):
+                count = min(args.batch, args.records - start)
+                keys = [b"key-%d" % (i % 10_000) for i in range(start, start + count)]
+                await txn_columns.begin_transaction()
+                txn_columns.produce_many(COLUMNS_TOPIC, values[:count], keys)
+                await txn_columns.commit_transaction()
+            emit(
+                "transactional_produce_many",
+                args.records,
+                time.perf_counter() - started,
+                records_per_transaction=args.batch,
+                **settings,
+            )
+            await txn_columns.close()
 
             # 3. read_committed fetch of everything written (2 x records, with markers).
             consumer = broker.consumer(isolation=READ_COMMITTED)
