@@ -451,13 +451,12 @@ class Broker:
             budget = max_records
             for tp, offset in requests:
                 tp_id = self.log.tp_id(tp.topic, tp.partition)
-                log_start, hw, _ = self.log.offsets(tp_id)
+                log_start, hw, lso = self.log.offsets_and_last_stable(tp_id)
                 try:
                     self.log.check_offset(tp, offset, log_start, hw)
                 except OffsetOutOfRangeError as exc:
                     exc.args = (*exc.args, TopicPartition(*tp))
                     raise
-                lso = self.log.last_stable(tp_id, hw)
                 end = lso if committed else hw
                 records: list[Record] = []
                 position = offset

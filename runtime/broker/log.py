@@ -209,6 +209,20 @@ class Log:
             raise UnknownTopicError("the topic was deleted by another client")
         return row[0], row[1], row[2]
 
+    def offsets_and_last_stable(self, tp_id: int) -> tuple[int, int, int]:
+        """(log start, high watermark, last stable offset) of a partition in one statement
+        (a fetch's per-partition look-up; the same values as `offsets` and `last_stable`)."""
+        row = self.conn.execute(
+            "SELECT log_start, next_offset,"
+            " (SELECT min(first_offset) FROM txn_partitions WHERE tp = ?1)"
+            " FROM partitions WHERE id = ?1",
+            (tp_id,),
+        ).fetchone()
+        if row is None:
+            self._topics.clear()
+            raise UnknownTopicError("the topic was deleted by another client")
+        return row[0], row[1], row[1] if row[2] is None else row[2]
+
     def last_stable(self, tp_id: int, high_watermark: int) -> int:
         row = self.conn.execute(
             "SELECT min(first_offset) FROM txn_partitions WHERE tp = ?", (tp_id,)
