@@ -4,6 +4,7 @@ agents, keys of partitions the worker does not own, rollback and restore."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,25 @@ from runtime.partitioner import partition_for_key
 from runtime.transport import READ_COMMITTED
 from runtime.types import TopicPartition
 from runtime.worker import TableState
+
+
+@pytest.fixture(autouse=True, params=["memory", "local"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: on the in-memory backend (a memory:// broker and store), and
+    on the store-backed one (an sqlite:// broker, its local store, a cache of 2 keys)."""
+    if request.param == "local":
+        original = streams.App.testing
+        runs = itertools.count()
+
+        def testing(app: streams.App, **overrides: Any) -> Any:
+            run = next(runs)
+            overrides.setdefault("broker", f"sqlite:///{tmp_path}/run-{run}.db")
+            overrides.setdefault("state_dir", f"{tmp_path}/run-{run}-state")
+            overrides.setdefault("table_cache_size", 2)
+            return original(app, **overrides)
+
+        monkeypatch.setattr(streams.App, "testing", testing)
+    return str(request.param)
 
 
 async def read_changelog(t: Any, table: streams.Table) -> list[tuple[Any, Any]]:
