@@ -16,6 +16,7 @@ from runtime.partitioner import partition_for_key
 from runtime.transport import READ_COMMITTED
 from runtime.types import TopicPartition
 from runtime.worker import TableState
+from runtime.worker.cached import StoreTableState
 
 
 @pytest.fixture(autouse=True, params=["memory", "local"])
@@ -358,3 +359,27 @@ async def test_agent_writing_a_key_it_does_not_own_fails_with_the_cause() -> Non
             await run_commands(t, {"op": "add", "key": key_in_partition(2), "value": 1})
     assert isinstance(failure.value.__cause__, streams.TableKeyNotOwnedError)
     assert "group_by" in str(failure.value.__cause__)
+
+
+async def test_a_restart_with_a_current_store_replays_and_loads_nothing(
+    tmp_path: Path, backend: str
+) -> None:
+    """A store-backed table restarted on its own store: no changelog record replayed, no row
+    loaded into memory (the cache starts empty), and every value read from the store."""
+    app, _ = command_app(default=int, store=backend)
+    settings = {"broker": f"sqlite:///{tmp_path}/broker.db", "state_dir": f"{tmp_path}/state"}
+    adds = [{"op": "add", "key": f"k{i % 50}", "value": i} for i in range(200)]
+    async with app.testing(**settings) as t:
+        await run_commands(t, *adds)
+        expected = t.table("kv")
+    async with app.testing(**settings) as t:
+        assert t.worker is not None
+        await t.worker.poll(0.05)  # assignment and restore
+        assert t.worker.restored_records == 0
+        state = t.worker.tables["kv"]
+        if backend == "local":
+            assert isinstance(state, StoreTableState)
+            assert len(state.cache) == 0 and state.store_reads == 0
+        assert t.table("kv") == expected
+        await run_commands(t, {"op": "add", "key": "k1", "value": 1000})
+        assert t.table("kv")["k1"] == expected["k1"] + 1000
