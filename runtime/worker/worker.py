@@ -58,6 +58,7 @@ from runtime.worker.windows import WindowedState
 
 log = logging.getLogger(__name__)
 STANDBY_INTERVAL_S = 0.5  # how often standby partitions are tailed
+RESTORE_SAVE_EVERY = 100_000  # replayed keys saved to the store at once (bounded memory)
 STANDBY_BATCH = 20_000  # changelog records copied per standby partition per round
 KEY_CACHE_SIZE = 100_000  # decoded input keys remembered per topic
 _IMMUTABLE_KEYS = frozenset((str, int, float, bool, bytes))
@@ -832,6 +833,9 @@ class Worker:
                 if record.key is not None:
                     replayed[record.key] = record.value
             count += len(records)
+            if len(replayed) >= RESTORE_SAVE_EVERY:  # a prefix of the changelog: consistent
+                await self._save_copy(table, partition, replayed, reader.position(tp))
+                replayed = {}
         progress.done()
         table.restored(partition)
         await self._save_copy(table, partition, replayed, reader.position(tp))
