@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 import streams
+from runtime.errors import DiskFullError, ResourceError
 from runtime.partitioner import partition_for_key
 from runtime.transport import READ_COMMITTED
 from runtime.types import TopicPartition
@@ -404,3 +405,30 @@ async def test_a_cold_restore_saves_the_store_in_chunks_of_the_changelog(
             await t.worker.poll(0.05)
             assert (t.worker.restored_records > 0) == replays, attempt
             assert t.table("kv") == expected
+
+
+async def test_a_failed_checkpoint_stops_commits_until_a_restore(
+    tmp_path: Path, backend: str
+) -> None:
+    """Step 5 failing leaves the store behind what committed: nothing more commits (a
+    store-backed table's later checkpoint would claim rows the store never got) until a
+    restart restores the store from the changelog."""
+    app, _ = command_app(default=int, store=backend)
+    settings = {"broker": f"sqlite:///{tmp_path}/broker.db", "state_dir": f"{tmp_path}/state"}
+    async with app.testing(**settings) as t:
+        assert t.worker is not None
+        await run_commands(t, {"op": "add", "key": "a", "value": 1})
+        save = t.worker.store.save
+
+        async def full(*args: Any) -> None:
+            raise DiskFullError("no space left (test)")
+
+        t.worker.store.save = full
+        with pytest.raises(DiskFullError):
+            await run_commands(t, {"op": "add", "key": "a", "value": 2})
+        t.worker.store.save = save
+        with pytest.raises(ResourceError, match="missed a checkpoint"):
+            await run_commands(t, {"op": "add", "key": "b", "value": 5})
+    async with app.testing(**settings) as t:
+        await run_commands(t, {"op": "add", "key": "a", "value": 10})
+        assert t.table("kv") == {"a": 13, "b": 5}  # b was never committed: processed now
