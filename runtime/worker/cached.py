@@ -30,8 +30,10 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+from runtime.errors import StoreCorruptError
 from runtime.types import Record
 from runtime.worker.spec import TableSpec
+from runtime.worker.store import _corrupt, _discard, _store_error
 from runtime.worker.tables import MISSING, TableState
 
 NOT_PENDING: Any = object()
@@ -50,10 +52,12 @@ class StoreTableState(TableState):
         self.pending: dict[int, dict[Any, Any]] = {}
         self.store_reads = 0  # point lookups that went to the store (cache misses)
         self._db: sqlite3.Connection | None = None
+        self.path = ""
 
     def open(self, path: str) -> None:
         """Read the store file at `path` (the worker's StateStore writes it)."""
         self.close()
+        self.path = path
         self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
 
     def close(self) -> None:
@@ -66,6 +70,23 @@ class StoreTableState(TableState):
         if self._db is None:
             raise RuntimeError(f"table {self.spec.name!r}: its store is not open yet")
         return self._db
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        """A read of the store; its failure is the store's, never the record's: a typed
+        StreamsError (which stops the worker whatever the agent's on_error), and a corrupt
+        file is discarded so that the restarted worker rebuilds it from the changelogs."""
+        path = self.path
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            if not _corrupt(exc):
+                raise _store_error(exc, path) from exc
+            self.close()
+            _discard(path)
+            raise StoreCorruptError(
+                f"the local store {path!r} is corrupt ({exc}): discarded; the worker "
+                "restarts and rebuilds it from the changelogs"
+            ) from exc
 
     # --- reads and writes ---------------------------------------------------------------
 
@@ -91,7 +112,7 @@ class StoreTableState(TableState):
 
     def _read(self, partition: int, key: Any) -> Any:
         self.store_reads += 1
-        row = self.db.execute(
+        row = self._query(
             "SELECT value FROM rows WHERE tbl = ? AND partition = ? AND key = ?",
             (self.spec.name, partition, self.spec.key.encode(key)),
         ).fetchone()
@@ -138,7 +159,7 @@ class StoreTableState(TableState):
         decode_key, decode_value = self.spec.key.decode, self.spec.value.decode
         for partition in list(self.partitions):
             pending = dict(self.pending.get(partition, {}))
-            cursor = self.db.execute(
+            cursor = self._query(
                 "SELECT key, value FROM rows WHERE tbl = ? AND partition = ?",
                 (self.spec.name, partition),
             )
@@ -154,7 +175,7 @@ class StoreTableState(TableState):
     def __len__(self) -> int:
         total = 0
         for partition in self.partitions:
-            row = self.db.execute(
+            row = self._query(
                 "SELECT count(*) FROM rows WHERE tbl = ? AND partition = ?",
                 (self.spec.name, partition),
             ).fetchone()

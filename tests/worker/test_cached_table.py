@@ -5,12 +5,16 @@ every read goes to the store and entries are evicted all the time."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 import tempfile
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.errors import StoreCorruptError
 from runtime.worker.cached import StoreTableState
 from runtime.worker.spec import TableSpec
 from runtime.worker.store import StateStore
@@ -142,6 +146,35 @@ def test_reads_of_evicted_keys_go_to_the_store() -> None:
                 assert [table.get(f"k{i}") for i in range(10)] == list(range(10))
                 assert table.store_reads - reads >= 8  # only the last two written stay cached
                 assert len(table.cache) == 2
+            finally:
+                table.close()
+                await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_corrupt_store_read_is_the_stores_error_and_discards_the_file() -> None:
+    """A read that finds the file corrupt raises StoreCorruptError (a StreamsError: it stops
+    the worker whatever the agent's on_error) and deletes the file, to be rebuilt."""
+
+    class Corrupt:
+        def execute(self, *args: Any) -> Any:
+            exc = sqlite3.DatabaseError("database disk image is malformed")
+            exc.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+            raise exc
+
+        def close(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            store = await StateStore.open(directory)
+            table = open_table(store.path, 2)
+            table._db = Corrupt()  # type: ignore[assignment]
+            try:
+                with pytest.raises(StoreCorruptError, match="discarded"):
+                    table.get("k1")
+                assert not os.path.exists(store.path)
             finally:
                 table.close()
                 await store.close()
