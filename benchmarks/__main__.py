@@ -15,6 +15,7 @@ BENCHMARKS = {
     "brokerfile": "benchmarks.brokerfile",
     "protocol": "benchmarks.protocol",
     "floor": "benchmarks.floor",
+    "state": "benchmarks.state",
 }
 
 

@@ -40,6 +40,7 @@ from streams.topic import Topic
 
 log = logging.getLogger(__name__)
 APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+TABLE_STORES = ("local", "memory")
 AgentFunction = Callable[[Stream], AsyncIterator[Any] | Awaitable[None]]
 
 
@@ -136,10 +137,18 @@ class App:
         key_type: str | type | Codec | None = None,
         value_type: str | type | Codec | None = None,
         partitions: int | None = None,
+        store: str = "local",
     ) -> Table:
-        """Declare a table; its changelog is the compacted topic `<app>-<name>-changelog`."""
+        """Declare a table; its changelog is the compacted topic `<app>-<name>-changelog`.
+
+        `store="local"` keeps its rows in the worker's local store with the
+        `table_cache_size` most recently used keys in memory (tables larger than memory,
+        restarts without replay); `store="memory"` keeps every row in a dict (see
+        docs/streams.md, Tables)."""
         if name in self.tables:
             raise ConfigurationError(f"table {name!r} is declared twice")
+        if store not in TABLE_STORES:
+            raise ConfigurationError(f"store={store!r}: must be one of {TABLE_STORES}")
         if default is not None and not callable(default):
             raise ConfigurationError("default= must be a callable such as int or list")
         table = Table(
@@ -149,6 +158,7 @@ class App:
             get_codec(key_type),
             get_codec(value_type),
             default,
+            store=store,
         )
         self.tables[name] = table
         return table

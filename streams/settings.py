@@ -212,6 +212,14 @@ SETTINGS: tuple[Setting, ...] = (
         "into their store), so a takeover restores only the tail.",
     ),
     Setting(
+        "table_cache_size",
+        "STREAMS_TABLE_CACHE_SIZE",
+        lambda app: 100_000,
+        _positive(int),
+        'Keys of each store-backed table (app.table(..., store="local")) a worker keeps '
+        "decoded in memory (an LRU); the rows themselves stay in the local store.",
+    ),
+    Setting(
         "default_partitions",
         "STREAMS_DEFAULT_PARTITIONS",
         lambda app: 4,
@@ -237,6 +245,7 @@ class Settings:
     transaction_timeout_ms: int
     session_timeout_ms: int
     table_standby_replicas: int
+    table_cache_size: int
     default_partitions: int
 
     def override(self, **changes: Any) -> Settings:

@@ -41,8 +41,11 @@ class Table:
         key: Codec,
         value: Codec,
         default: Callable[[], Any] | None,
+        *,
+        store: str = "local",
     ) -> None:
         self.app = app
+        self.store = store
         self.name = name
         self.partitions = partitions
         self.key = key
@@ -64,6 +67,7 @@ class Table:
             self.value,
             self.default,
             self.window,
+            self.store,
         )
 
     # --- windows ------------------------------------------------------------------------

@@ -21,7 +21,9 @@ fetch, a stop, a take() flush) can then commit a fetched batch that was not proc
 Any failure before step 4 completes: `abort()` aborts the transaction, undoes the tables'
 changes and rewinds the consumer and the processed offsets to the committed offsets. A failure
 in step 5 loses nothing: the changelog is the truth and the store catches up from it at the
-next restore.
+next restore. Until then the store is behind what committed, so this cycle commits nothing
+more (every later commit() raises): a store-backed table, whose rows are the store's, must
+restore first (the worker exits and its restart does).
 
     cycle = CommitCycle(producer, consumer, tables, store, exactly_once=True)
     cycle.start(assigned)        # new partitions: nothing processed past their start
@@ -36,7 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from runtime.errors import AppError, ProducerFencedError
+from runtime.errors import AppError, ProducerFencedError, ResourceError
 from runtime.transport import Consumer, Producer
 from runtime.types import RecordMetadata, TopicPartition
 from runtime.worker.store import Change, StateStore
@@ -65,6 +67,7 @@ class CommitCycle:
         self.exactly_once = exactly_once
         self.fault = fault or (lambda step: None)
         self.open = False
+        self.store_behind: BaseException | None = None  # step 5 failed: restore first
         # per owned partition, the offset after the last record processed (what commits)
         self.processed: dict[TopicPartition, int] = {}
 
@@ -95,6 +98,11 @@ class CommitCycle:
     async def commit(self) -> None:
         if not self.open:
             return
+        if self.store_behind is not None:
+            raise ResourceError(
+                f"the local store missed a checkpoint ({self.store_behind}): nothing commits "
+                "until the worker restarts and restores it from the changelogs"
+            )
         # 1. outputs: the agents are idle, their outputs are buffered in the producer.
         self.fault("after_outputs")
 
@@ -124,7 +132,13 @@ class CommitCycle:
 
         # 5. checkpoint the local store (a cache: failing here loses nothing).
         checkpoints = {key: end for key, end in changelog_ends.items() if end is not None}
-        await self.store.save(changes, checkpoints)
+        try:
+            await self.store.save(changes, checkpoints)
+        except BaseException as exc:
+            self.store_behind = exc
+            raise
+        for table in self.tables.values():
+            table.saved()
         self.fault("after_checkpoint")
 
     def _processed(self, tp: TopicPartition) -> int:

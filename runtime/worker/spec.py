@@ -86,6 +86,7 @@ class TableSpec:
     value: CodecLike
     default: Callable[[], Any] | None
     window: WindowSpec | None = None
+    store: str = "local"  # "local": rows in the local store, a bounded cache; "memory": a dict
 
 
 @dataclasses.dataclass

@@ -26,6 +26,8 @@ PARTITION_CACHE_SIZE = 200_000
 
 
 class TableState:
+    loads_rows = True  # attach() takes the partition's rows from the local store
+
     def __init__(self, spec: TableSpec) -> None:
         self.spec = spec
         self.partitions: dict[int, dict[Any, Any]] = {}
@@ -138,6 +140,13 @@ class TableState:
     def committed(self) -> None:
         """The cycle's changes are durable in the changelog: forget how to undo them."""
         self.undo.clear()
+
+    def saved(self) -> None:
+        """The committed changes are in the local store too (a store-backed table's cache
+        takes them)."""
+
+    def close(self) -> None:
+        """Release what the table holds besides memory (a store-backed table's connection)."""
 
     def rollback(self) -> None:
         """Undo every change since the last commit (the transaction aborted)."""

@@ -39,6 +39,7 @@ from runtime.errors import (
 from runtime.transport import READ_COMMITTED, Consumer, Producer, Transport
 from runtime.types import Event, Record, TopicPartition
 from runtime.worker.agents import AgentRunner
+from runtime.worker.cached import StoreTableState
 from runtime.worker.commit import CommitCycle
 from runtime.worker.failures import (
     AgentPolicy,
@@ -50,13 +51,14 @@ from runtime.worker.failures import (
 )
 from runtime.worker.ops import chain
 from runtime.worker.slots import Slot, claim_slot
-from runtime.worker.spec import AppSpec, RepartitionSpec, TopicSpec
+from runtime.worker.spec import AppSpec, RepartitionSpec, TableSpec, TopicSpec
 from runtime.worker.store import MEMORY, StateStore
 from runtime.worker.tables import TableState
 from runtime.worker.windows import WindowedState
 
 log = logging.getLogger(__name__)
 STANDBY_INTERVAL_S = 0.5  # how often standby partitions are tailed
+RESTORE_SAVE_EVERY = 100_000  # replayed keys saved to the store at once (bounded memory)
 STANDBY_BATCH = 20_000  # changelog records copied per standby partition per round
 KEY_CACHE_SIZE = 100_000  # decoded input keys remembered per topic
 _IMMUTABLE_KEYS = frozenset((str, int, float, bool, bytes))
@@ -85,6 +87,8 @@ class WorkerSettings(PolicySettings, Protocol):
     @property
     def table_standby_replicas(self) -> int: ...
     @property
+    def table_cache_size(self) -> int: ...
+    @property
     def exactly_once(self) -> bool: ...
 
 
@@ -112,7 +116,7 @@ class Worker:
         self._preferred_slot = slot
         self.slot: Slot | None = None
         self.fault = fault
-        self.tables = {t.name: WindowedState(t) if t.window else TableState(t) for t in spec.tables}
+        self.tables = {t.name: self._table_state(t) for t in spec.tables}
         self._windowed = [t for t in self.tables.values() if isinstance(t, WindowedState)]
         self._idle_closing = [t for t in self._windowed if t.window.idle_close is not None]
         self.runners = [AgentRunner(a, self._emit, self.tables) for a in spec.agents]
@@ -150,6 +154,15 @@ class Worker:
 
     # --- start and stop -----------------------------------------------------------------
 
+    def _table_state(self, spec: TableSpec) -> TableState:
+        """A table's backend: windowed tables and `store="memory"` ones live in a dict, as
+        do all with an in-memory store (state_dir ":memory:"); the others in the store."""
+        if spec.window is not None:
+            return WindowedState(spec)
+        if spec.store == "memory" or self.settings.state_dir == MEMORY:
+            return TableState(spec)
+        return StoreTableState(spec, cache_size=self.settings.table_cache_size)
+
     async def start(self) -> None:
         """Claim a slot, create the topics, open the store, the producer and the consumer.
         All or nothing: if a step fails, what the earlier steps acquired is released and the
@@ -177,6 +190,10 @@ class Worker:
             state_dir = os.path.join(state_dir, f"worker-{self.worker_id}")
         self.store = await StateStore.open(state_dir)
         self._resources.push_async_callback(self.store.close)
+        for table in self.tables.values():
+            if isinstance(table, StoreTableState):
+                table.open(self.store.path)
+                self._resources.callback(table.close)
         exactly_once = self.settings.exactly_once
         self.producer = self.transport.producer(
             transactional_id=f"{self.spec.app_id}-{self.worker_id}" if exactly_once else None,
@@ -786,7 +803,10 @@ class Worker:
 
     async def _restore_partition(self, reader: Any, table: TableState, partition: int) -> int:
         tp = TopicPartition(table.spec.changelog, partition)
-        rows, stored = await self.store.load(table.spec.name, partition)
+        if table.loads_rows:
+            rows, stored = await self.store.load(table.spec.name, partition)
+        else:  # a store-backed table reads its rows where they are
+            rows, stored = {}, await self.store.checkpoint(table.spec.name, partition)
         checkpoint, info = await self._fitting_checkpoint(table, tp, stored)
         if checkpoint is None:
             rows = {}
@@ -813,6 +833,9 @@ class Worker:
                 if record.key is not None:
                     replayed[record.key] = record.value
             count += len(records)
+            if len(replayed) >= RESTORE_SAVE_EVERY:  # a prefix of the changelog: consistent
+                await self._save_copy(table, partition, replayed, reader.position(tp))
+                replayed = {}
         progress.done()
         table.restored(partition)
         await self._save_copy(table, partition, replayed, reader.position(tp))

@@ -4,6 +4,7 @@ agents, keys of partitions the worker does not own, rollback and restore."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,32 @@ import orjson
 import pytest
 
 import streams
+from runtime.errors import DiskFullError, ResourceError
 from runtime.partitioner import partition_for_key
 from runtime.transport import READ_COMMITTED
 from runtime.types import TopicPartition
 from runtime.worker import TableState
+from runtime.worker import worker as worker_module
+from runtime.worker.cached import StoreTableState
+
+
+@pytest.fixture(autouse=True, params=["memory", "local"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: on the in-memory backend (a memory:// broker and store), and
+    on the store-backed one (an sqlite:// broker, its local store, a cache of 2 keys)."""
+    if request.param == "local":
+        original = streams.App.testing
+        runs = itertools.count()
+
+        def testing(app: streams.App, **overrides: Any) -> Any:
+            run = next(runs)
+            overrides.setdefault("broker", f"sqlite:///{tmp_path}/run-{run}.db")
+            overrides.setdefault("state_dir", f"{tmp_path}/run-{run}-state")
+            overrides.setdefault("table_cache_size", 2)
+            return original(app, **overrides)
+
+        monkeypatch.setattr(streams.App, "testing", testing)
+    return str(request.param)
 
 
 async def read_changelog(t: Any, table: streams.Table) -> list[tuple[Any, Any]]:
@@ -338,3 +361,74 @@ async def test_agent_writing_a_key_it_does_not_own_fails_with_the_cause() -> Non
             await run_commands(t, {"op": "add", "key": key_in_partition(2), "value": 1})
     assert isinstance(failure.value.__cause__, streams.TableKeyNotOwnedError)
     assert "group_by" in str(failure.value.__cause__)
+
+
+async def test_a_restart_with_a_current_store_replays_and_loads_nothing(
+    tmp_path: Path, backend: str
+) -> None:
+    """A store-backed table restarted on its own store: no changelog record replayed, no row
+    loaded into memory (the cache starts empty), and every value read from the store."""
+    app, _ = command_app(default=int, store=backend)
+    settings = {"broker": f"sqlite:///{tmp_path}/broker.db", "state_dir": f"{tmp_path}/state"}
+    adds = [{"op": "add", "key": f"k{i % 50}", "value": i} for i in range(200)]
+    async with app.testing(**settings) as t:
+        await run_commands(t, *adds)
+        expected = t.table("kv")
+    async with app.testing(**settings) as t:
+        assert t.worker is not None
+        await t.worker.poll(0.05)  # assignment and restore
+        assert t.worker.restored_records == 0
+        state = t.worker.tables["kv"]
+        if backend == "local":
+            assert isinstance(state, StoreTableState)
+            assert len(state.cache) == 0 and state.store_reads == 0
+        assert t.table("kv") == expected
+        await run_commands(t, {"op": "add", "key": "k1", "value": 1000})
+        assert t.table("kv")["k1"] == expected["k1"] + 1000
+
+
+async def test_a_cold_restore_saves_the_store_in_chunks_of_the_changelog(
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore from the changelog alone saves rows and checkpoint every few keys (memory
+    stays bounded for tables larger than it); the store it leaves is current."""
+    monkeypatch.setattr(worker_module, "RESTORE_SAVE_EVERY", 3)
+    app, _ = command_app(default=int, store=backend)
+    broker = f"sqlite:///{tmp_path}/broker.db"
+    adds = [{"op": "add", "key": f"k{i % 40}", "value": i} for i in range(120)]
+    async with app.testing(broker=broker, state_dir=f"{tmp_path}/first") as t:
+        await run_commands(t, *adds)
+        expected = t.table("kv")
+    for attempt, replays in enumerate((True, False)):  # cold, then on the store it left
+        async with app.testing(broker=broker, state_dir=f"{tmp_path}/second") as t:
+            assert t.worker is not None
+            await t.worker.poll(0.05)
+            assert (t.worker.restored_records > 0) == replays, attempt
+            assert t.table("kv") == expected
+
+
+async def test_a_failed_checkpoint_stops_commits_until_a_restore(
+    tmp_path: Path, backend: str
+) -> None:
+    """Step 5 failing leaves the store behind what committed: nothing more commits (a
+    store-backed table's later checkpoint would claim rows the store never got) until a
+    restart restores the store from the changelog."""
+    app, _ = command_app(default=int, store=backend)
+    settings = {"broker": f"sqlite:///{tmp_path}/broker.db", "state_dir": f"{tmp_path}/state"}
+    async with app.testing(**settings) as t:
+        assert t.worker is not None
+        await run_commands(t, {"op": "add", "key": "a", "value": 1})
+        save = t.worker.store.save
+
+        async def full(*args: Any) -> None:
+            raise DiskFullError("no space left (test)")
+
+        t.worker.store.save = full
+        with pytest.raises(DiskFullError):
+            await run_commands(t, {"op": "add", "key": "a", "value": 2})
+        t.worker.store.save = save
+        with pytest.raises(ResourceError, match="missed a checkpoint"):
+            await run_commands(t, {"op": "add", "key": "b", "value": 5})
+    async with app.testing(**settings) as t:
+        await run_commands(t, {"op": "add", "key": "a", "value": 10})
+        assert t.table("kv") == {"a": 13, "b": 5}  # b was never committed: processed now

@@ -122,13 +122,13 @@ def churn(
 
 
 def run_suite(
-    tmp_path: Path, guarantee: str, seed: int, with_churn: bool = False
+    tmp_path: Path, guarantee: str, seed: int, with_churn: bool = False, **settings: str
 ) -> tuple[list[str], list, dict]:  # type: ignore[type-arg]
     rng = random.Random(seed)
     db = str(tmp_path / "broker.db")
     broker = Broker(db)
     broker.create_topic("words", PARTITIONS)
-    env = worker_env(f"sqlite:///{db}", tmp_path, processing_guarantee=guarantee)
+    env = worker_env(f"sqlite:///{db}", tmp_path, processing_guarantee=guarantee, **settings)
     supervisor = subprocess.Popen(worker_command(WORKERS), cwd=tmp_path, env=env)
     kills = 0
     churning = threading.Event()
@@ -183,6 +183,17 @@ def run_suite(
 def test_exactly_once_under_repeated_kill_9(tmp_path: Path, seed: int | None) -> None:
     seed = fault_seed(seed)
     words, outputs, table = run_suite(tmp_path, "exactly_once", seed)
+    assert_exactly_once(words, outputs, table, seed, EVENTS)
+
+
+@pytest.mark.slow
+def test_exactly_once_under_repeated_kill_9_with_a_cache_far_smaller_than_the_table(
+    tmp_path: Path,
+) -> None:
+    """The same with 8 of the table's 500 keys cached: nearly every read goes to the local
+    store, every commit's rows too; restarts read the store and replay only the tail."""
+    seed = fault_seed(FIXED_SEED)
+    words, outputs, table = run_suite(tmp_path, "exactly_once", seed, table_cache_size="8")
     assert_exactly_once(words, outputs, table, seed, EVENTS)
 
 
