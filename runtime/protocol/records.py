@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import cramjam
@@ -122,7 +122,7 @@ def decompress(codec: int, body: bytes) -> bytes:
             declared = _zstd_content_size(body)
             if declared is not None and declared > MAX_DECOMPRESSED_BYTES:
                 raise CorruptRecordError(f"a zstd batch declares {declared} bytes: too large")
-            out = bytes(cramjam.zstd.decompress(body))
+            out = _bounded(cramjam.zstd.decompress_into, body, declared)
         else:
             raise UnsupportedCompressionError(
                 f"compression codec {codec} is not one of none, gzip, snappy, lz4, zstd"
@@ -158,7 +158,7 @@ def _lz4(body: bytes) -> bytes:
     pos += 1  # header checksum
     block_size = LZ4_BLOCK_SIZES.get((descriptor >> 4) & 0x07)
     if not flags & 0x20 or block_size is None:  # linked blocks need the whole frame
-        return bytes(cramjam.lz4.decompress(body))
+        return _bounded(cramjam.lz4.decompress_into, body, declared)
     out: list[bytes] = []
     total = 0
     while True:
@@ -182,6 +182,32 @@ def _lz4(body: bytes) -> bytes:
         out.append(block)
         pos += size + (4 if flags & 0x10 else 0)  # block checksum
     return b"".join(out)
+
+
+FULL_BUFFER = "failed to write whole buffer"  # cramjam: the output did not fit
+
+
+def _bounded(
+    decompress_into: Callable[[bytes, bytearray], int], body: bytes, declared: int | None
+) -> bytes:
+    """A whole frame inflated into a buffer that grows, doubling, up to the limit: a frame
+    that does not say its size (a zstd stream, linked LZ4 blocks) costs memory in proportion
+    to what it really holds, and one past MAX_DECOMPRESSED_BYTES stops there."""
+    limit = MAX_DECOMPRESSED_BYTES + 1
+    guess = declared if declared is not None else max(1 << 20, 8 * len(body))
+    size = min(limit, max(1, guess))
+    while True:
+        buffer = bytearray(size)
+        try:
+            written = decompress_into(body, buffer)
+        except cramjam.DecompressionError as exc:
+            if FULL_BUFFER not in str(exc) or size >= limit:
+                if FULL_BUFFER in str(exc):
+                    raise CorruptRecordError("a batch decompresses past the limit") from exc
+                raise
+            size = min(limit, size * 2)
+            continue
+        return bytes(memoryview(buffer)[:written])
 
 
 def _zstd_content_size(body: bytes) -> int | None:

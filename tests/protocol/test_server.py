@@ -7,8 +7,11 @@ open), compression, several servers over one file, and SIGTERM.
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -778,15 +781,22 @@ def test_every_advertised_version_of_the_data_apis_answers_correctly(
             assert offsets.topics[0].partitions[0].committed_offset == version, fetch_version
 
 
-def compressed_batch(codec: int, value: bytes) -> bytes:
-    """A v2 batch of one record holding `value`, its records compressed with `codec`."""
+def compressed_batch(codec: int, value: bytes, framing: str = "sized") -> bytes:
+    """A v2 batch of one record holding `value`, its records compressed with `codec`; a
+    "streamed" frame declares no content size (a zstd stream, linked LZ4 blocks)."""
     import cramjam
     from crc32c import crc32c
 
     plain = encode_batch(0, [None], [value], [int(time.time() * 1000)], None, None)
     records = plain[61:]
-    if codec == 4:
+    if codec == 4 and framing == "streamed":  # no content size in its header, as Java's
+        compressor = cramjam.zstd.Compressor()
+        compressor.compress(records)
+        body = bytes(compressor.finish())
+    elif codec == 4:
         body = bytes(cramjam.zstd.compress(records))
+    elif framing == "streamed":  # an LZ4 frame of linked blocks that says no content size
+        body = bytes(cramjam.lz4.compress(records))
     else:  # an LZ4 frame of independent 64 KiB blocks, as librdkafka writes them
         blocks = [
             bytes(cramjam.lz4.compress_block(records[i : i + 65536], store_size=False))
@@ -800,9 +810,10 @@ def compressed_batch(codec: int, value: bytes) -> bytes:
     return struct.pack(">qiibI", 0, 49 + len(body), -1, 2, crc) + bytes(tail) + body
 
 
+@pytest.mark.parametrize("framing", ["sized", "streamed"])
 @pytest.mark.parametrize("codec", [3, 4], ids=["lz4", "zstd"])
 def test_a_decompression_bomb_is_refused(
-    server: ProtocolServer, codec: int, monkeypatch: pytest.MonkeyPatch
+    server: ProtocolServer, codec: int, framing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from runtime.protocol import records
 
@@ -811,11 +822,46 @@ def test_a_decompression_bomb_is_refused(
     monkeypatch.setattr(records, "MAX_DECOMPRESSED_BYTES", 1 << 20)
     with RawClient("127.0.0.1", server.port) as client:
         small = client.request(
-            0, 9, produce_request(topic, 0, compressed_batch(codec, b"a" * 1000))
+            0, 9, produce_request(topic, 0, compressed_batch(codec, b"a" * 1000, framing))
         )
         assert small.responses[0].partition_responses[0].error_code == 0
-        bomb = compressed_batch(codec, b"\x00" * (2 << 20))
+        bomb = compressed_batch(codec, b"\x00" * (2 << 20), framing)
         assert len(bomb) < 64 << 10
         answer = client.request(0, 9, produce_request(topic, 0, bomb))
         assert answer.responses[0].partition_responses[0].error_code == CORRUPT_MESSAGE
     assert len(consume(server.bootstrap, topic, 1)) == 1
+
+
+BOMB_IN_A_SMALL_ADDRESS_SPACE = """
+import resource, sys
+import cramjam
+from runtime.protocol import records
+
+codec = int(sys.argv[1])
+compressor = cramjam.zstd.Compressor() if codec == 4 else cramjam.lz4.Compressor()
+for _ in range(1024):  # 1 GiB of zeros in a frame that does not say its size
+    compressor.compress(b"\\0" * (1 << 20))
+bomb = bytes(compressor.finish())
+records.MAX_DECOMPRESSED_BYTES = 16 << 20
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if "VmSize" in line)
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+try:
+    records.decompress(codec, bomb)
+except records.CorruptRecordError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("codec", [3, 4], ids=["lz4", "zstd"])
+def test_a_bomb_that_does_not_say_its_size_never_inflates_past_the_limit(codec: int) -> None:
+    """A zstd stream or linked LZ4 blocks of 1 GiB, in a process allowed 256 MiB more than it
+    holds: refused at the 16 MiB limit. Inflated whole, it aborted the process (the server)."""
+    result = subprocess.run(
+        [sys.executable, "-c", BOMB_IN_A_SMALL_ADDRESS_SPACE, str(codec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused: a batch decompresses past the limit" in result.stdout
