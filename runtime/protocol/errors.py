@@ -5,6 +5,8 @@ code = error_code(exc)        # e.g. UnknownTopicError -> 3 (UNKNOWN_TOPIC_OR_PA
 
 from __future__ import annotations
 
+from typing import Any
+
 from runtime.errors import (
     DatabaseLockedError,
     GroupIdNotFoundError,
@@ -101,3 +103,21 @@ def error_code(exc: BaseException, *, fenced: int = INVALID_PRODUCER_EPOCH) -> i
         if isinstance(exc, kind):
             return code
     return UNKNOWN_SERVER_ERROR
+
+
+def same_code_for_all(topics: Any, code: int) -> dict[str, Any]:
+    """The body of an offset commit's answer (OffsetCommit, TxnOffsetCommit) whose one broker
+    call succeeded or failed as a whole: every partition of the request gets `code`."""
+    return {
+        "throttle_time": 0,
+        "topics": [
+            {
+                "name": topic.name,
+                "partitions": [
+                    {"partition_index": p.partition_index, "error_code": code}
+                    for p in topic.partitions
+                ],
+            }
+            for topic in topics
+        ],
+    }

@@ -17,7 +17,7 @@ from runtime.broker import Broker
 from runtime.broker.classic import InconsistentGroupProtocolError
 from runtime.errors import StreamsError
 from runtime.protocol import errors as codes
-from runtime.protocol.errors import error_code
+from runtime.protocol.errors import error_code, same_code_for_all
 from runtime.protocol.messages import millis
 from runtime.types import GroupMetadata, TopicPartition
 
@@ -167,19 +167,7 @@ class GroupHandlers:
             self.broker.commit_offsets(group, offsets)
         except StreamsError as exc:
             code = _code(exc)
-        return {
-            "throttle_time": 0,
-            "topics": [
-                {
-                    "name": t.name,
-                    "partitions": [
-                        {"partition_index": p.partition_index, "error_code": code}
-                        for p in t.partitions
-                    ],
-                }
-                for t in request.topics
-            ],
-        }
+        return same_code_for_all(request.topics, code)
 
     def offset_fetch(self, request: Any) -> dict[str, Any]:
         require_stable = bool(getattr(request, "require_stable", False))

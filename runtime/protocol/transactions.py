@@ -16,7 +16,7 @@ from typing import Any
 from runtime.broker import Broker
 from runtime.errors import StreamsError
 from runtime.protocol import errors as codes
-from runtime.protocol.errors import error_code
+from runtime.protocol.errors import error_code, same_code_for_all
 from runtime.protocol.messages import RequestHeader, millis
 from runtime.types import GroupMetadata, TopicPartition
 
@@ -110,16 +110,4 @@ class TransactionHandlers:
             )
         except StreamsError as exc:
             code = error_code(exc, fenced=codes.PRODUCER_FENCED)
-        return {
-            "throttle_time": 0,
-            "topics": [
-                {
-                    "name": topic.name,
-                    "partitions": [
-                        {"partition_index": p.partition_index, "error_code": code}
-                        for p in topic.partitions
-                    ],
-                }
-                for topic in request.topics
-            ],
-        }
+        return same_code_for_all(request.topics, code)
