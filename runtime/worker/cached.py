@@ -121,13 +121,7 @@ class StoreTableState(TableState):
     def get(self, key: Any, default: Any = MISSING) -> Any:
         partition, _ = self._owned(key)
         value = self._lookup(partition, key)
-        if value is MISSING:
-            if default is not MISSING:
-                return default
-            if self.spec.default is not None:
-                return self.spec.default()
-            raise KeyError(key)
-        return value
+        return self._absent(key, default) if value is MISSING else value
 
     def contains(self, key: Any) -> bool:
         partition, _ = self._owned(key)

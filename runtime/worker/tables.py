@@ -68,13 +68,16 @@ class TableState:
             value = self.partitions[self._placement[key]].get(key, MISSING)
         except (KeyError, TypeError):
             value = self._owned(key)[1].get(key, MISSING)
-        if value is MISSING:
-            if default is not MISSING:
-                return default
-            if self.spec.default is not None:
-                return self.spec.default()
-            raise KeyError(key)
-        return value
+        return self._absent(key, default) if value is MISSING else value
+
+    def _absent(self, key: Any, default: Any) -> Any:
+        """What get() answers for a key the table does not hold: `default`, else the
+        table's default factory, else KeyError."""
+        if default is not MISSING:
+            return default
+        if self.spec.default is not None:
+            return self.spec.default()
+        raise KeyError(key)
 
     def contains(self, key: Any) -> bool:
         _, rows = self._owned(key)

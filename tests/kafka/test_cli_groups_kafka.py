@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
+from runtime.testing import SESSION_TIMEOUT_MS, unique
 from runtime.transport import connect
 from runtime.types import TopicPartition
 from streams.cli import main
-from tests.kafka_broker import SESSION_TIMEOUT_MS, unique
 
 
 async def _group_that_read(url: str, topic: str, group: str) -> None:

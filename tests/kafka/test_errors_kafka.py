@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 import streams
-from tests.kafka_broker import SESSION_TIMEOUT_MS, unique
+from runtime.testing import SESSION_TIMEOUT_MS, unique
 
 
 async def test_dead_letter_on_kafka(kafka_url: str) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.testing import SESSION_TIMEOUT_MS, ServedBroker
 from runtime.transport import READ_COMMITTED, Transport, connect
 from runtime.types import Record, TopicPartition
 from tests.fault_helpers import (
@@ -31,7 +32,6 @@ from tests.fault_helpers import (
     worker_command,
     worker_env,
 )
-from tests.kafka_broker import SESSION_TIMEOUT_MS, ServedBroker
 
 EVENTS = 20_000
 PARTITIONS = 4

@@ -6,8 +6,8 @@ import pytest
 
 import streams
 from runtime.errors import ConfigurationError
+from runtime.testing import SESSION_TIMEOUT_MS, unique
 from runtime.transport import connect
-from tests.kafka_broker import SESSION_TIMEOUT_MS, unique
 
 
 async def test_a_changelog_with_the_wrong_partition_count_is_refused(kafka_url: str) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from runtime.testing import SESSION_TIMEOUT_MS, unique
 from runtime.transport import Consumer, Transport, connect
 from runtime.types import Record
-from tests.kafka_broker import SESSION_TIMEOUT_MS, unique
 
 PARTITIONS = 4
 

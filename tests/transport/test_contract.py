@@ -13,9 +13,9 @@ import pytest
 
 from runtime import errors
 from runtime.partitioner import partition_for_key
+from runtime.testing import unique
 from runtime.transport import READ_COMMITTED
 from runtime.types import TopicPartition
-from tests.kafka_broker import unique
 from tests.transport.conftest import PARTITIONS, Backend, eventually, poll_until, read
 
 ABORTED_VISIBLE = (

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from runtime import errors
+from runtime.testing import unique
 from runtime.types import TopicPartition
-from tests.kafka_broker import unique
 from tests.transport.conftest import PARTITIONS, Backend, poll_until
 
 

@@ -17,10 +17,10 @@ import pytest
 import streams
 from runtime import errors
 from runtime.partitioner import partition_for_key
+from runtime.testing import SESSION_TIMEOUT_MS, unique
 from runtime.transport import READ_COMMITTED, connect
 from runtime.transport.kafka import KafkaOptions, KafkaTransport
 from runtime.types import TopicPartition
-from tests.kafka_broker import SESSION_TIMEOUT_MS, unique
 from tests.transport.conftest import poll_until
 
 
